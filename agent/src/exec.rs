@@ -1,0 +1,467 @@
+//! Runs one resolved command as a process group and reports what happened.
+//!
+//! Invariants: the child never sees the caller's environment (only [`DEFAULT_PATH`] and the
+//! variables it is given); stdin is closed; each of stdout and stderr keeps at most
+//! `max_output` bytes; when the leader exits, times out or is cancelled, every process left in
+//! its group is killed; dropping the future kills the group too.
+
+use std::fmt;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+/// The `PATH` a child gets unless the tool sets its own.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How long a process group gets between SIGTERM and SIGKILL after a timeout.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// How long output is still read after the process group is gone. A descendant that left the
+/// group (setsid) could otherwise hold the pipes open forever.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// One environment variable for the child. Secret values never appear in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+    pub secret: bool,
+}
+
+impl fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = if self.secret { "***" } else { &self.value };
+        write!(f, "{}={value:?}", self.name)
+    }
+}
+
+/// A fully resolved command: no templates, no secret references, nothing left to decide.
+#[derive(Clone, Debug)]
+pub struct Execution {
+    /// Program and arguments; `argv[0]` is an absolute path or a name looked up on the child's
+    /// `PATH`.
+    pub argv: Vec<String>,
+    pub env: Vec<EnvVar>,
+    pub workdir: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Bytes kept of stdout, and separately of stderr.
+    pub max_output: u64,
+    pub kill_grace: Duration,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A piece of output, sent live while the command runs. Only bytes within the cap are sent.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    pub stream: Stream,
+    pub data: Vec<u8>,
+}
+
+/// What a finished run produced.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// The exit code, or `None` when a signal ended the process.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the process, if any.
+    pub signal: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    pub duration: Duration,
+}
+
+impl Outcome {
+    /// Whether either stream lost bytes to the cap.
+    pub fn truncated(&self) -> bool {
+        self.stdout_truncated || self.stderr_truncated
+    }
+}
+
+/// Why a command could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the command is empty")]
+    EmptyCommand,
+    #[error("working directory {0} does not exist or is not a directory")]
+    Workdir(PathBuf),
+    #[error(
+        "could not start `{program}`: {source} (command[0] must be an absolute path, or a program on the child's PATH: {path})"
+    )]
+    Spawn {
+        program: String,
+        path: String,
+        source: io::Error,
+    },
+    #[error("wait for the command: {0}")]
+    Wait(io::Error),
+}
+
+/// Runs `exec` to completion, timeout or cancellation.
+///
+/// Output within the caps is sent to `output` as it arrives (when given). A non-zero exit is an
+/// [`Outcome`], not an error; errors mean nothing ran.
+pub async fn run(
+    exec: &Execution,
+    output: Option<UnboundedSender<Chunk>>,
+    cancel: CancellationToken,
+) -> Result<Outcome, Error> {
+    let program = exec.argv.first().ok_or(Error::EmptyCommand)?;
+    if let Some(dir) = &exec.workdir
+        && !dir.is_dir()
+    {
+        return Err(Error::Workdir(dir.clone()));
+    }
+    let path = exec
+        .env
+        .iter()
+        .find(|v| v.name == "PATH")
+        .map_or(DEFAULT_PATH, |v| v.value.as_str());
+
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&exec.argv[1..])
+        .env_clear()
+        .env("PATH", path)
+        .envs(exec.env.iter().map(|v| (&v.name, &v.value)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = &exec.workdir {
+        cmd.current_dir(dir);
+    }
+
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        program: program.clone(),
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+
+    let stop_reading = CancellationToken::new();
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let stderr = child.stderr.take().expect("stderr was piped");
+    let out_task = tokio::spawn(read_capped(
+        stdout,
+        Stream::Stdout,
+        exec.max_output,
+        output.clone(),
+        stop_reading.clone(),
+    ));
+    let err_task = tokio::spawn(read_capped(
+        stderr,
+        Stream::Stderr,
+        exec.max_output,
+        output,
+        stop_reading.clone(),
+    ));
+
+    let mut timed_out = false;
+    let mut cancelled = false;
+    let status: ExitStatus = tokio::select! {
+        status = child.wait() => status.map_err(Error::Wait)?,
+        () = tokio::time::sleep(exec.timeout) => {
+            timed_out = true;
+            group.signal(Signal::SIGTERM);
+            match tokio::time::timeout(exec.kill_grace, child.wait()).await {
+                Ok(status) => status.map_err(Error::Wait)?,
+                Err(_) => {
+                    group.signal(Signal::SIGKILL);
+                    child.wait().await.map_err(Error::Wait)?
+                }
+            }
+        }
+        () = cancel.cancelled() => {
+            cancelled = true;
+            group.signal(Signal::SIGKILL);
+            child.wait().await.map_err(Error::Wait)?
+        }
+    };
+    let duration = started.elapsed();
+    // The leader is gone; anything it left in its group goes too.
+    group.signal(Signal::SIGKILL);
+    group.0 = None;
+
+    let drain = async {
+        let out = out_task.await.unwrap_or_default();
+        let err = err_task.await.unwrap_or_default();
+        (out, err)
+    };
+    tokio::pin!(drain);
+    let (out, err) = tokio::select! {
+        r = &mut drain => r,
+        () = tokio::time::sleep(DRAIN_AFTER_EXIT) => {
+            stop_reading.cancel();
+            drain.await
+        }
+    };
+
+    Ok(Outcome {
+        exit_code: status.code(),
+        signal: status.signal(),
+        stdout: out.data,
+        stderr: err.data,
+        stdout_truncated: out.truncated,
+        stderr_truncated: err.truncated,
+        timed_out,
+        cancelled,
+        duration,
+    })
+}
+
+/// Kills the whole process group when dropped while still armed.
+struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    fn signal(&self, signal: Signal) {
+        if let Some(pgid) = self.0 {
+            // ESRCH only means the group is already empty.
+            let _ = killpg(pgid, signal);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+#[derive(Default)]
+struct Captured {
+    data: Vec<u8>,
+    truncated: bool,
+}
+
+async fn read_capped(
+    mut reader: impl AsyncRead + Unpin,
+    stream: Stream,
+    max: u64,
+    output: Option<UnboundedSender<Chunk>>,
+    stop: CancellationToken,
+) -> Captured {
+    let mut captured = Captured::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            r = reader.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            () = stop.cancelled() => break,
+        };
+        let room = max.saturating_sub(captured.data.len() as u64) as usize;
+        let keep = n.min(room);
+        if keep < n {
+            captured.truncated = true;
+        }
+        if keep > 0 {
+            captured.data.extend_from_slice(&buf[..keep]);
+            if let Some(tx) = &output {
+                let _ = tx.send(Chunk {
+                    stream,
+                    data: buf[..keep].to_vec(),
+                });
+            }
+        }
+        // Past the cap the bytes are read and dropped, so the child never blocks on a full pipe.
+    }
+    captured
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(argv: &[&str]) -> Execution {
+        Execution {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            workdir: None,
+            timeout: Duration::from_secs(10),
+            max_output: 1 << 20,
+            kill_grace: Duration::from_millis(500),
+        }
+    }
+
+    fn alive(pid: i32) -> bool {
+        // A zombie still answers signal 0; read its state to tell.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
+    async fn wait_until_dead(pid: i32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !alive(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn captures_exit_code_and_both_streams() {
+        let out = run(
+            &exec(&["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]),
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.exit_code, Some(3));
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+        assert!(!out.timed_out && !out.truncated());
+    }
+
+    #[tokio::test]
+    async fn child_sees_only_the_given_environment() {
+        let mut e = exec(&["/usr/bin/env"]);
+        e.env.push(EnvVar {
+            name: "GREETING".into(),
+            value: "hi".into(),
+            secret: false,
+        });
+        let out = run(&e, None, CancellationToken::new()).await.unwrap();
+        let mut lines: Vec<_> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+        lines.sort();
+        assert_eq!(lines, vec!["GREETING=hi", &format!("PATH={DEFAULT_PATH}")]);
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_dropped_and_flagged() {
+        let mut e = exec(&["/bin/sh", "-c", "head -c 100000 /dev/zero"]);
+        e.max_output = 1000;
+        let out = run(&e, None, CancellationToken::new()).await.unwrap();
+        assert_eq!(out.stdout.len(), 1000);
+        assert!(out.stdout_truncated && !out.stderr_truncated);
+        assert_eq!(out.exit_code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let mut e = exec(&["/bin/sh", "-c", &script]);
+        e.timeout = Duration::from_millis(500);
+        let out = run(&e, None, CancellationToken::new()).await.unwrap();
+        assert!(out.timed_out);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(wait_until_dead(pid).await, "grandchild {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn a_term_ignoring_command_is_killed_after_the_grace() {
+        let mut e = exec(&["/bin/sh", "-c", "trap '' TERM; sleep 300"]);
+        e.timeout = Duration::from_millis(200);
+        e.kill_grace = Duration::from_millis(200);
+        let out = run(&e, None, CancellationToken::new()).await.unwrap();
+        assert!(out.timed_out);
+        assert_eq!(out.signal, Some(9));
+        assert!(out.duration < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn cancellation_kills_at_once() {
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.cancel();
+        });
+        let out = run(&exec(&["/bin/sleep", "300"]), None, cancel)
+            .await
+            .unwrap();
+        assert!(out.cancelled && !out.timed_out);
+        assert!(out.duration < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_future_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("echo $$ > {}; sleep 300", pidfile.display());
+        let e = exec(&["/bin/sh", "-c", &script]);
+        let fut = run(&e, None, CancellationToken::new());
+        let _ = tokio::time::timeout(Duration::from_millis(500), fut).await;
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(wait_until_dead(pid).await, "shell {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn output_is_streamed_live() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let out = run(
+            &exec(&["/bin/sh", "-c", "echo a; echo b >&2"]),
+            Some(tx),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let mut seen = vec![];
+        while let Ok(chunk) = rx.try_recv() {
+            seen.push((chunk.stream, chunk.data));
+        }
+        assert!(seen.contains(&(Stream::Stdout, b"a\n".to_vec())));
+        assert!(seen.contains(&(Stream::Stderr, b"b\n".to_vec())));
+        assert_eq!(out.exit_code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_clear_error() {
+        let err = run(
+            &exec(&["/nonexistent/tool"]),
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/tool"), "{err}");
+        assert!(err.contains("absolute path"), "{err}");
+    }
+
+    #[test]
+    fn secret_values_never_show_in_debug() {
+        let v = EnvVar {
+            name: "TOKEN".into(),
+            value: "hunter2".into(),
+            secret: true,
+        };
+        assert_eq!(format!("{v:?}"), "TOKEN=\"***\"");
+    }
+}

@@ -1,0 +1,10 @@
+//! mcpfier's execution engine and agent.
+//!
+//! [`exec`] runs one fully resolved command: a process group with a clean environment, closed
+//! stdin, capped output, a timeout and cancellation, and nothing left behind. The coordinator
+//! links it to run tools in-process; the `mcpfier-agent` binary runs the same code for remote
+//! calls.
+
+#![forbid(unsafe_code)]
+
+pub mod exec;
