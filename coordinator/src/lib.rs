@@ -1,1 +1,9 @@
-//! placeholder
+//! mcpfier's coordinator: reads `mcpfier.yaml`, serves its tools over MCP (stdio and
+//! Streamable HTTP) and runs calls.
+
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod config;
+pub mod params;
+pub mod template;

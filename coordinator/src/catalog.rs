@@ -1,0 +1,549 @@
+//! The checked, ready-to-call form of a config: every tool with its command template parsed,
+//! its parameter rules compiled, its secrets resolved and its concurrency limit in place.
+//!
+//! Building a catalog is the config's `validate()`: it reports every problem, each with its
+//! path, and a catalog exists only when there are none.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use mcpfier_agent::exec::{DEFAULT_KILL_GRACE, EnvVar, Execution};
+use regex::Regex;
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+
+use crate::config::{Annotations, CommandElement, Config, ParamType, Problem, ServerSection};
+use crate::params::{self, ArgError, CompiledParam};
+use crate::template::{self, Arg, Element};
+
+/// Every tool of a config, checked.
+#[derive(Debug)]
+pub struct Catalog {
+    pub server: ServerSection,
+    pub listen: SocketAddr,
+    pub tools: IndexMap<String, Arc<Tool>>,
+    /// Bounds calls running at once across all tools (`server.max_concurrency`).
+    pub global_slots: Arc<Semaphore>,
+}
+
+/// One tool, ready to turn arguments into an [`Execution`].
+#[derive(Debug)]
+pub struct Tool {
+    pub name: String,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub annotations: Annotations,
+    pub command: Vec<Element>,
+    pub params: Vec<CompiledParam>,
+    pub env: Vec<EnvVar>,
+    pub workdir: Option<PathBuf>,
+    pub timeout: Duration,
+    pub max_output: u64,
+    pub ok_exit_codes: Vec<i32>,
+    pub concurrency: Option<usize>,
+    /// Bounds this tool's calls running at once (`concurrency`), when set.
+    pub slots: Option<Arc<Semaphore>>,
+    pub input_schema: Arc<Map<String, Value>>,
+}
+
+impl Tool {
+    /// Checks `args` and resolves the command. Nothing runs.
+    pub fn prepare(&self, args: Option<&Map<String, Value>>) -> Result<Execution, Vec<ArgError>> {
+        let values = params::check_args(&self.params, args)?;
+        Ok(self.execution(&values))
+    }
+
+    fn execution(&self, values: &BTreeMap<String, Value>) -> Execution {
+        Execution {
+            argv: template::render(&self.command, values),
+            env: self.env.clone(),
+            workdir: self.workdir.clone(),
+            timeout: self.timeout,
+            max_output: self.max_output,
+            kill_grace: DEFAULT_KILL_GRACE,
+        }
+    }
+
+    /// Whether `code` counts as success.
+    pub fn ok_exit(&self, code: Option<i32>) -> bool {
+        code.is_some_and(|c| self.ok_exit_codes.contains(&c))
+    }
+}
+
+fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Resolves `${env:NAME}` and `${file:PATH}` inside `value`. Returns the value and whether it
+/// held a secret. Errors name the reference, never a value.
+fn resolve_secrets(value: &str, env: &HashMap<String, String>) -> Result<(String, bool), String> {
+    let mut out = String::new();
+    let mut secret = false;
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let (kind, body) = if let Some(b) = after.strip_prefix("env:") {
+            ("env", b)
+        } else if let Some(b) = after.strip_prefix("file:") {
+            ("file", b)
+        } else {
+            out.push_str(&rest[..start + 2]);
+            rest = after;
+            continue;
+        };
+        let end = body
+            .find('}')
+            .ok_or_else(|| format!("`${{{kind}:` is not closed with `}}`"))?;
+        let reference = &body[..end];
+        out.push_str(&rest[..start]);
+        match kind {
+            "env" => match env.get(reference) {
+                Some(v) => out.push_str(v),
+                None => {
+                    return Err(format!(
+                        "`${{env:{reference}}}`: {reference} is not set in mcpfier's environment"
+                    ));
+                }
+            },
+            _ => match std::fs::read_to_string(reference) {
+                Ok(v) => out.push_str(v.strip_suffix('\n').unwrap_or(&v)),
+                Err(e) => {
+                    return Err(format!(
+                        "`${{file:{reference}}}`: cannot read the file: {e}"
+                    ));
+                }
+            },
+        }
+        secret = true;
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    Ok((out, secret))
+}
+
+impl Catalog {
+    /// Checks `config` and builds the catalog, or returns every problem found.
+    pub fn build(config: Config, env: &HashMap<String, String>) -> Result<Catalog, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let listen = match config.server.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(Problem::new(
+                    "server.listen",
+                    format!(
+                        "`{}` is not an address; write IP:PORT, e.g. 127.0.0.1:8080",
+                        config.server.listen
+                    ),
+                ));
+                None
+            }
+        };
+        if config.server.max_concurrency == 0 {
+            problems.push(Problem::new("server.max_concurrency", "must be at least 1"));
+        }
+        for (i, origin) in config.server.allowed_origins.iter().enumerate() {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                problems.push(Problem::new(
+                    format!("server.allowed_origins[{i}]"),
+                    format!("`{origin}` is not an origin; write scheme://host[:port], e.g. https://app.example.com"),
+                ));
+            }
+        }
+
+        let mut tools = IndexMap::new();
+        let mut seen = HashSet::new();
+        for (i, section) in config.tools.into_iter().enumerate() {
+            let at = format!("tools[{i}]");
+            if !valid_tool_name(&section.name) {
+                problems.push(Problem::new(
+                    format!("{at}.name"),
+                    format!(
+                        "`{}` is not a valid tool name: use 1-128 characters of A-Z a-z 0-9 _ . -",
+                        section.name
+                    ),
+                ));
+            } else if !seen.insert(section.name.clone()) {
+                problems.push(Problem::new(
+                    format!("{at}.name"),
+                    format!("a tool named `{}` is already defined", section.name),
+                ));
+            }
+            if let Some(tool) = build_tool(section, &at, env, &mut problems) {
+                tools.insert(tool.name.clone(), Arc::new(tool));
+            }
+        }
+        match listen {
+            Some(listen) if problems.is_empty() => Ok(Catalog {
+                global_slots: Arc::new(Semaphore::new(config.server.max_concurrency)),
+                server: config.server,
+                listen,
+                tools,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The tool named `name`.
+    pub fn tool(&self, name: &str) -> Option<&Arc<Tool>> {
+        self.tools.get(name)
+    }
+}
+
+fn build_tool(
+    section: crate::config::ToolSection,
+    at: &str,
+    env: &HashMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> Option<Tool> {
+    let before = problems.len();
+    let mut problem = |path: String, message: String| problems.push(Problem::new(path, message));
+
+    // Parameters.
+    let mut params = Vec::new();
+    for (name, spec) in &section.params {
+        let p = format!("{at}.params.{name}");
+        if !template::is_param_name(name) {
+            problem(
+                p.clone(),
+                "a parameter name starts with a letter or `_` and has only letters, digits and `_` (at most 64)".into(),
+            );
+        }
+        let compile =
+            |pattern: &Option<String>, path: String, problem: &mut dyn FnMut(String, String)| {
+                pattern.as_ref().and_then(|re| match Regex::new(re) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        let e = e.to_string();
+                        let why = e.lines().last().unwrap_or(&e).trim().to_owned();
+                        problem(path, format!("invalid regex `{re}`: {why}"));
+                        None
+                    }
+                })
+            };
+        let pattern = compile(&spec.pattern, format!("{p}.pattern"), &mut problem);
+        let item_pattern = compile(
+            &spec.items.as_ref().and_then(|i| i.pattern.clone()),
+            format!("{p}.items.pattern"),
+            &mut problem,
+        );
+        let is = |kinds: &[ParamType]| kinds.contains(&spec.kind);
+        let mut misplaced = |field: &str, present: bool, kinds: &[ParamType], what: &str| {
+            if present && !is(kinds) {
+                problem(
+                    format!("{p}.{field}"),
+                    format!("only {what} parameters take `{field}`"),
+                );
+            }
+        };
+        misplaced(
+            "pattern",
+            spec.pattern.is_some(),
+            &[ParamType::String],
+            "string",
+        );
+        misplaced(
+            "min_length",
+            spec.min_length.is_some(),
+            &[ParamType::String],
+            "string",
+        );
+        misplaced(
+            "max_length",
+            spec.max_length.is_some(),
+            &[ParamType::String],
+            "string",
+        );
+        misplaced(
+            "enum",
+            spec.choices.is_some(),
+            &[ParamType::String, ParamType::Integer],
+            "string and integer",
+        );
+        misplaced(
+            "minimum",
+            spec.minimum.is_some(),
+            &[ParamType::Integer, ParamType::Number],
+            "integer and number",
+        );
+        misplaced(
+            "maximum",
+            spec.maximum.is_some(),
+            &[ParamType::Integer, ParamType::Number],
+            "integer and number",
+        );
+        misplaced("items", spec.items.is_some(), &[ParamType::Array], "array");
+        misplaced(
+            "min_items",
+            spec.min_items.is_some(),
+            &[ParamType::Array],
+            "array",
+        );
+        misplaced(
+            "max_items",
+            spec.max_items.is_some(),
+            &[ParamType::Array],
+            "array",
+        );
+        let mut ordered = |field: &str, min: Option<f64>, max: Option<f64>| {
+            if let (Some(lo), Some(hi)) = (min, max)
+                && lo > hi
+            {
+                problem(
+                    format!("{p}.{field}"),
+                    format!("the minimum ({lo}) is above the maximum ({hi})"),
+                );
+            }
+        };
+        ordered("maximum", spec.minimum, spec.maximum);
+        ordered(
+            "max_length",
+            spec.min_length.map(|n| n as f64),
+            spec.max_length.map(|n| n as f64),
+        );
+        ordered(
+            "max_items",
+            spec.min_items.map(|n| n as f64),
+            spec.max_items.map(|n| n as f64),
+        );
+        if let Some(choices) = &spec.choices {
+            if choices.is_empty() {
+                problem(format!("{p}.enum"), "lists no values".into());
+            }
+            for (j, c) in choices.iter().enumerate() {
+                let ok = match spec.kind {
+                    ParamType::Integer => c.is_i64(),
+                    _ => c.is_string(),
+                };
+                if !ok {
+                    problem(
+                        format!("{p}.enum[{j}]"),
+                        format!("{c} is not a value of this parameter's type"),
+                    );
+                }
+            }
+        }
+        if spec.required == Some(true) && spec.default.is_some() {
+            problem(
+                format!("{p}.required"),
+                "a parameter with a default is never missing: drop `required` or the default"
+                    .into(),
+            );
+        }
+        let compiled = CompiledParam {
+            name: name.clone(),
+            spec: spec.clone(),
+            pattern,
+            item_pattern,
+        };
+        if let Some(d) = &spec.default
+            && let Err(why) = params::check_value(&compiled, d)
+        {
+            problem(
+                format!("{p}.default"),
+                format!("the default {d} is not valid: it {why}"),
+            );
+        }
+        params.push(compiled);
+    }
+
+    // Command template.
+    let mut command = Vec::new();
+    let mut used = HashSet::new();
+    if section.command.is_empty() {
+        problem(
+            format!("{at}.command"),
+            "is empty: give the program and its arguments as a list".into(),
+        );
+    }
+    let kind_of = |name: &str| section.params.get(name).map(|p| p.kind);
+    let check_arg = |text: &str,
+                     path: String,
+                     problem: &mut dyn FnMut(String, String),
+                     used: &mut HashSet<String>|
+     -> Option<Arg> {
+        let arg = match Arg::parse(text) {
+            Ok(a) => a,
+            Err(e) => {
+                problem(path, e);
+                return None;
+            }
+        };
+        for name in arg.params() {
+            used.insert(name.to_owned());
+            match kind_of(name) {
+                None => {
+                    let known: Vec<_> = section.params.keys().map(String::as_str).collect();
+                    problem(
+                        path.clone(),
+                        if known.is_empty() {
+                            format!(
+                                "`{{{{{name}}}}}` names no parameter (this tool declares none under `params`)"
+                            )
+                        } else {
+                            format!(
+                                "`{{{{{name}}}}}` names no parameter; parameters are: {}",
+                                known.join(", ")
+                            )
+                        },
+                    );
+                }
+                Some(ParamType::Array) if arg.sole_param() != Some(name) => problem(
+                    path.clone(),
+                    format!(
+                        "array parameter `{name}` must be a whole element (`{{{{{name}}}}}`), since each item becomes its own element"
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        Some(arg)
+    };
+    for (j, element) in section.command.iter().enumerate() {
+        let path = format!("{at}.command[{j}]");
+        match element {
+            CommandElement::Arg(text) => {
+                if j == 0 && text.contains("{{") {
+                    problem(
+                        path.clone(),
+                        "the program (command[0]) is fixed: it takes no placeholder".into(),
+                    );
+                }
+                if text.contains('\0') {
+                    problem(path.clone(), "contains a NUL character".into());
+                }
+                if let Some(arg) = check_arg(text, path, &mut problem, &mut used) {
+                    command.push(Element::Arg(arg));
+                }
+            }
+            CommandElement::Group(group) => {
+                if j == 0 {
+                    problem(
+                        path.clone(),
+                        "the program (command[0]) must be a plain string".into(),
+                    );
+                }
+                used.insert(group.when.clone());
+                if kind_of(&group.when).is_none() {
+                    problem(
+                        format!("{path}.if"),
+                        format!("`{}` names no parameter", group.when),
+                    );
+                }
+                if group.args.is_empty() {
+                    problem(format!("{path}.args"), "is empty".into());
+                }
+                let args: Vec<_> = group
+                    .args
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, a)| {
+                        check_arg(a, format!("{path}.args[{k}]"), &mut problem, &mut used)
+                    })
+                    .collect();
+                command.push(Element::Group {
+                    when: group.when.clone(),
+                    args,
+                });
+            }
+        }
+    }
+    for name in section.params.keys() {
+        if !used.contains(name) {
+            problem(
+                format!("{at}.params.{name}"),
+                format!(
+                    "is not used in `command`: add `{{{{{name}}}}}` to an element, or remove the parameter"
+                ),
+            );
+        }
+    }
+
+    // Environment and secrets.
+    let mut env_vars = Vec::new();
+    for (name, value) in &section.env {
+        let path = format!("{at}.env.{name}");
+        if !valid_env_name(name) {
+            problem(
+                path.clone(),
+                "is not a valid variable name (letters, digits and `_`, not starting with a digit)"
+                    .into(),
+            );
+        }
+        match resolve_secrets(value, env) {
+            Ok((value, secret)) => env_vars.push(EnvVar {
+                name: name.clone(),
+                value,
+                secret,
+            }),
+            Err(e) => problem(path, e),
+        }
+    }
+
+    if let Some(dir) = &section.workdir
+        && !dir.is_absolute()
+    {
+        problem(
+            format!("{at}.workdir"),
+            format!("`{}` is not an absolute path", dir.display()),
+        );
+    }
+    if section.timeout.get().is_zero() {
+        problem(format!("{at}.timeout"), "must be more than zero".into());
+    }
+    if section.max_output.bytes() == 0 {
+        problem(format!("{at}.max_output"), "must be more than zero".into());
+    }
+    if section.ok_exit_codes.is_empty() {
+        problem(
+            format!("{at}.ok_exit_codes"),
+            "lists no exit code; leave it out for the default [0]".into(),
+        );
+    }
+    for (j, code) in section.ok_exit_codes.iter().enumerate() {
+        if !(0..=255).contains(code) {
+            problem(
+                format!("{at}.ok_exit_codes[{j}]"),
+                format!("{code} is not an exit code (0-255)"),
+            );
+        }
+    }
+    if section.concurrency == Some(0) {
+        problem(format!("{at}.concurrency"), "must be at least 1".into());
+    }
+
+    if problems.len() > before {
+        return None;
+    }
+    let input_schema = Arc::new(params::input_schema(&params));
+    Some(Tool {
+        name: section.name,
+        title: section.title,
+        description: section.description,
+        annotations: section.annotations,
+        command,
+        params,
+        env: env_vars,
+        workdir: section.workdir,
+        timeout: section.timeout.get(),
+        max_output: section.max_output.bytes(),
+        ok_exit_codes: section.ok_exit_codes,
+        slots: section.concurrency.map(|n| Arc::new(Semaphore::new(n))),
+        concurrency: section.concurrency,
+        input_schema,
+    })
+}

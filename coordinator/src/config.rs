@@ -1,0 +1,396 @@
+//! The `mcpfier.yaml` file: its types (the JSON Schema of the file is generated from them),
+//! where it is looked for, and loading it into a checked [`Catalog`] with every problem
+//! reported by path and line.
+
+mod locate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use mcpfier_common::{ByteSize, HumanDuration};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::catalog::Catalog;
+
+/// The whole `mcpfier.yaml`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "mcpfier.yaml")]
+pub struct Config {
+    /// How the coordinator serves MCP.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// The tools it offers.
+    #[serde(default)]
+    pub tools: Vec<ToolSection>,
+}
+
+/// The `server` section.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address for Streamable HTTP (`mcpfier serve`), served at `/mcp`. Loopback only until
+    /// authentication exists.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Calls running at once across all tools.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Browser origins allowed besides loopback ones (`http://localhost:*`,
+    /// `http://127.0.0.1:*`, `http://[::1]:*`), e.g. `https://app.example.com`. A request with
+    /// any other `Origin` header gets 403.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_concurrency: default_max_concurrency(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_max_concurrency() -> usize {
+    32
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
+}
+fn default_max_output() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_ok_exit_codes() -> Vec<i32> {
+    vec![0]
+}
+
+/// One tool.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSection {
+    /// The MCP tool name: 1-128 of `A-Z a-z 0-9 _ . -`, unique.
+    pub name: String,
+    /// A human-readable title.
+    pub title: Option<String>,
+    /// What the tool does, for the model.
+    pub description: Option<String>,
+    /// The argv: a list of strings (with `{{param}}` placeholders) and conditional groups
+    /// `{if: param, args: [...]}`. `command[0]` is the program and takes no placeholder.
+    /// Nothing is ever passed to a shell.
+    pub command: Vec<CommandElement>,
+    /// The parameters, in the order clients show them.
+    #[serde(default)]
+    pub params: IndexMap<String, Param>,
+    /// Environment for the command, on top of a safe default `PATH`; nothing is inherited.
+    /// Values may embed `${env:NAME}` (from mcpfier's environment) or `${file:PATH}` (a
+    /// file's contents, less a trailing newline); those are read at load time and treated as
+    /// secrets.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (absolute). Defaults to mcpfier's own.
+    pub workdir: Option<PathBuf>,
+    /// Longest a call may run (default 60s); then its process group gets SIGTERM and, after a
+    /// short grace, SIGKILL.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Bytes kept of stdout and of stderr, each (default 1MiB); the rest is dropped and the
+    /// result says `truncated`.
+    #[serde(default = "default_max_output")]
+    pub max_output: ByteSize,
+    /// Exit codes that count as success (default `[0]`).
+    #[serde(default = "default_ok_exit_codes")]
+    pub ok_exit_codes: Vec<i32>,
+    /// Hints for clients.
+    #[serde(default)]
+    pub annotations: Annotations,
+    /// Calls of this tool running at once (default: no limit but `server.max_concurrency`).
+    pub concurrency: Option<usize>,
+}
+
+/// An element of `command`.
+#[derive(Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(untagged)]
+pub enum CommandElement {
+    /// One argv element, with optional `{{param}}` placeholders.
+    Arg(String),
+    /// Elements kept only when a parameter is given (and, for a boolean, true).
+    Group(Group),
+}
+
+/// A conditional group of argv elements.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// The parameter that switches the group on.
+    #[serde(rename = "if")]
+    pub when: String,
+    /// The elements it adds.
+    pub args: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for CommandElement {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = CommandElement;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, or a group `{if: param, args: [...]}`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CommandElement::Arg(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(CommandElement::Arg(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(CommandElement::Arg(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                Group::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(CommandElement::Group)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A parameter's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    /// An array of strings.
+    Array,
+}
+
+/// One parameter of a tool.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Param {
+    #[serde(rename = "type")]
+    pub kind: ParamType,
+    /// What it means, for the model.
+    pub description: Option<String>,
+    /// Used when a call leaves the parameter out.
+    pub default: Option<Value>,
+    /// Whether a call must give it (default: true unless a default is given).
+    pub required: Option<bool>,
+    /// string: a regular expression the value must match (unanchored, as in JSON Schema: use
+    /// `^...$` to match the whole value).
+    pub pattern: Option<String>,
+    /// string: fewest characters.
+    pub min_length: Option<u64>,
+    /// string: most characters.
+    pub max_length: Option<u64>,
+    /// string or integer: the allowed values.
+    #[serde(rename = "enum")]
+    pub choices: Option<Vec<Value>>,
+    /// integer or number: smallest value.
+    pub minimum: Option<f64>,
+    /// integer or number: largest value.
+    pub maximum: Option<f64>,
+    /// array: rules for each item.
+    pub items: Option<StringRules>,
+    /// array: fewest items.
+    pub min_items: Option<u64>,
+    /// array: most items.
+    pub max_items: Option<u64>,
+}
+
+impl Param {
+    /// This parameter's string rules.
+    pub fn string_rules(&self) -> StringRules {
+        StringRules {
+            pattern: self.pattern.clone(),
+            min_length: self.min_length,
+            max_length: self.max_length,
+            choices: self.choices.clone(),
+        }
+    }
+}
+
+/// Rules for a string (an array parameter's items).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StringRules {
+    /// A regular expression each item must match (unanchored).
+    pub pattern: Option<String>,
+    pub min_length: Option<u64>,
+    pub max_length: Option<u64>,
+    #[serde(rename = "enum")]
+    pub choices: Option<Vec<Value>>,
+}
+
+/// MCP tool annotations: hints for clients, not guarantees.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Annotations {
+    pub read_only: Option<bool>,
+    pub destructive: Option<bool>,
+    pub idempotent: Option<bool>,
+    pub open_world: Option<bool>,
+}
+
+/// The JSON Schema of `mcpfier.yaml`.
+pub fn json_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(Config)).expect("a schema serializes")
+}
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the file, e.g. `tools[2].params.pattern.pattern`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+    pub line: Option<usize>,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+            line: None,
+        }
+    }
+}
+
+/// A config file that could not be loaded, with every problem found.
+#[derive(Debug, thiserror::Error)]
+pub struct Error {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{} has {n} problem{}:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            let at = match p.line {
+                Some(line) => format!("{}:{line}: ", self.file.display()),
+                None => format!("{}: ", self.file.display()),
+            };
+            if p.path.is_empty() {
+                writeln!(f, "  {at}{}", p.message)?;
+            } else {
+                writeln!(f, "  {at}{}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the config file was looked for, in order, when none was found.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no config file found; looked at: {}. Pass --config FILE, or set MCPFIER_CONFIG",
+    .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+)]
+pub struct NotFound(pub Vec<PathBuf>);
+
+/// Finds the config file: `explicit` (from `--config`), else `$MCPFIER_CONFIG`, else
+/// `./mcpfier.yaml`, else `~/.config/mcpfier/mcpfier.yaml`, else `/etc/mcpfier/mcpfier.yaml`.
+/// An explicitly named file is returned even if missing, so that reading it says so.
+pub fn find(explicit: Option<&Path>, env: &HashMap<String, String>) -> Result<PathBuf, NotFound> {
+    if let Some(p) = explicit {
+        return Ok(p.to_owned());
+    }
+    if let Some(p) = env.get("MCPFIER_CONFIG").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates = vec![PathBuf::from("mcpfier.yaml")];
+    if let Some(home) = env.get("HOME").filter(|h| !h.is_empty()) {
+        candidates.push(Path::new(home).join(".config/mcpfier/mcpfier.yaml"));
+    }
+    candidates.push(PathBuf::from("/etc/mcpfier/mcpfier.yaml"));
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(NotFound(candidates))
+}
+
+/// Reads, parses and checks the config file at `path`; `env` is mcpfier's environment, for
+/// `${env:NAME}` references.
+pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Catalog, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error {
+        file: path.to_owned(),
+        problems: vec![Problem::new("", format!("cannot read the file: {e}"))],
+    })?;
+    parse(&text, path, env)
+}
+
+/// Parses and checks config text; `path` only names it in errors and resolves nothing.
+pub fn parse(text: &str, path: &Path, env: &HashMap<String, String>) -> Result<Catalog, Error> {
+    let fail = |problems| Error {
+        file: path.to_owned(),
+        problems,
+    };
+    let lines = locate::Lines::of(text);
+    let config: Config =
+        match serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(text)) {
+            Ok(c) => c,
+            Err(e) => return Err(fail(vec![yaml_problem(e, &lines)])),
+        };
+    Catalog::build(config, env).map_err(|mut problems| {
+        for p in &mut problems {
+            p.line = lines.line(&p.path);
+        }
+        fail(problems)
+    })
+}
+
+fn yaml_problem(
+    e: serde_path_to_error::Error<yaml_serde::Error>,
+    lines: &locate::Lines,
+) -> Problem {
+    let path = e.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    let inner = e.into_inner();
+    let mut message = inner.to_string();
+    // The deserializer's message may carry its own path prefix and position; keep only the
+    // words, since the path and line are reported on their own.
+    if let Some(at) = message.rfind(" at line ") {
+        message.truncate(at);
+    }
+    if let Some((prefix, rest)) = message.split_once(": ")
+        && !prefix.contains(' ')
+        && (prefix.starts_with("tools") || prefix.starts_with("server"))
+    {
+        message = rest.to_owned();
+    }
+    let line = if path.is_empty() {
+        None
+    } else {
+        lines.line(&path)
+    };
+    Problem {
+        line: line.or_else(|| inner.location().map(|l| l.line())),
+        path,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

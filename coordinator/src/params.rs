@@ -1,0 +1,305 @@
+//! Tool parameters: their JSON Schema (the tool's `inputSchema`) and the check every call's
+//! arguments pass before anything runs.
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+use serde_json::{Map, Value, json};
+
+use crate::config::{Param, ParamType, StringRules};
+
+/// A parameter ready to check arguments: its rules with the regexes compiled.
+#[derive(Debug, Clone)]
+pub struct CompiledParam {
+    pub name: String,
+    pub spec: Param,
+    pub pattern: Option<Regex>,
+    pub item_pattern: Option<Regex>,
+}
+
+impl CompiledParam {
+    /// Whether a call must give this parameter.
+    pub fn required(&self) -> bool {
+        self.spec.required.unwrap_or(self.spec.default.is_none())
+    }
+}
+
+/// One way an argument broke its parameter's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgError {
+    pub param: String,
+    pub rule: String,
+}
+
+impl std::fmt::Display for ArgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "parameter `{}`: {}", self.param, self.rule)
+    }
+}
+
+/// The `inputSchema` of a tool: every parameter, `additionalProperties: false`.
+pub fn input_schema(params: &[CompiledParam]) -> Map<String, Value> {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for p in params {
+        properties.insert(p.name.clone(), Value::Object(param_schema(&p.spec)));
+        if p.required() {
+            required.push(Value::String(p.name.clone()));
+        }
+    }
+    let mut schema = Map::new();
+    schema.insert("type".into(), json!("object"));
+    schema.insert("properties".into(), Value::Object(properties));
+    if !required.is_empty() {
+        schema.insert("required".into(), Value::Array(required));
+    }
+    schema.insert("additionalProperties".into(), json!(false));
+    schema
+}
+
+fn string_rules_schema(rules: &StringRules, out: &mut Map<String, Value>) {
+    if let Some(p) = &rules.pattern {
+        out.insert("pattern".into(), json!(p));
+    }
+    if let Some(n) = rules.min_length {
+        out.insert("minLength".into(), json!(n));
+    }
+    if let Some(n) = rules.max_length {
+        out.insert("maxLength".into(), json!(n));
+    }
+    if let Some(e) = &rules.choices {
+        out.insert("enum".into(), json!(e));
+    }
+}
+
+fn param_schema(p: &Param) -> Map<String, Value> {
+    let mut s = Map::new();
+    let type_name = match p.kind {
+        ParamType::String => "string",
+        ParamType::Integer => "integer",
+        ParamType::Number => "number",
+        ParamType::Boolean => "boolean",
+        ParamType::Array => "array",
+    };
+    s.insert("type".into(), json!(type_name));
+    if let Some(d) = &p.description {
+        s.insert("description".into(), json!(d));
+    }
+    string_rules_schema(&p.string_rules(), &mut s);
+    if let Some(n) = p.minimum {
+        s.insert("minimum".into(), json!(n));
+    }
+    if let Some(n) = p.maximum {
+        s.insert("maximum".into(), json!(n));
+    }
+    if p.kind == ParamType::Array {
+        let mut items = Map::new();
+        items.insert("type".into(), json!("string"));
+        if let Some(rules) = &p.items {
+            string_rules_schema(rules, &mut items);
+        }
+        s.insert("items".into(), Value::Object(items));
+        if let Some(n) = p.min_items {
+            s.insert("minItems".into(), json!(n));
+        }
+        if let Some(n) = p.max_items {
+            s.insert("maxItems".into(), json!(n));
+        }
+    }
+    if let Some(d) = &p.default {
+        s.insert("default".into(), d.clone());
+    }
+    s
+}
+
+/// Checks a call's arguments. On success returns every given or defaulted value by name.
+pub fn check_args(
+    params: &[CompiledParam],
+    args: Option<&Map<String, Value>>,
+) -> Result<BTreeMap<String, Value>, Vec<ArgError>> {
+    let empty = Map::new();
+    let args = args.unwrap_or(&empty);
+    let mut errors = Vec::new();
+    for name in args.keys() {
+        if !params.iter().any(|p| &p.name == name) {
+            let known: Vec<_> = params.iter().map(|p| p.name.as_str()).collect();
+            errors.push(ArgError {
+                param: name.clone(),
+                rule: if known.is_empty() {
+                    "unknown parameter (this tool takes none)".into()
+                } else {
+                    format!("unknown parameter (known: {})", known.join(", "))
+                },
+            });
+        }
+    }
+    let mut values = BTreeMap::new();
+    for p in params {
+        let value = match args.get(&p.name) {
+            Some(Value::Null) | None => match &p.spec.default {
+                Some(d) => d.clone(),
+                None if p.required() => {
+                    errors.push(ArgError {
+                        param: p.name.clone(),
+                        rule: "is required".into(),
+                    });
+                    continue;
+                }
+                None => continue,
+            },
+            Some(v) => v.clone(),
+        };
+        match check_value(p, &value) {
+            Ok(v) => {
+                values.insert(p.name.clone(), v);
+            }
+            Err(rule) => errors.push(ArgError {
+                param: p.name.clone(),
+                rule,
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(values)
+    } else {
+        Err(errors)
+    }
+}
+
+fn type_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks one value against its parameter; returns it in canonical form.
+pub fn check_value(p: &CompiledParam, v: &Value) -> Result<Value, String> {
+    let spec = &p.spec;
+    match spec.kind {
+        ParamType::String => {
+            let Value::String(s) = v else {
+                return Err(format!("must be a string, got {}", type_of(v)));
+            };
+            check_string(s, &spec.string_rules(), p.pattern.as_ref())?;
+            Ok(v.clone())
+        }
+        ParamType::Boolean => match v {
+            Value::Bool(_) => Ok(v.clone()),
+            _ => Err(format!("must be true or false, got {}", type_of(v))),
+        },
+        ParamType::Integer => {
+            let n = match v {
+                Value::Number(n) if n.is_i64() => n.as_i64().expect("is_i64"),
+                Value::Number(n)
+                    if n.as_f64()
+                        .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9e15) =>
+                {
+                    n.as_f64().expect("checked") as i64
+                }
+                _ => return Err(format!("must be an integer, got {}", type_of(v))),
+            };
+            check_range(n as f64, spec)?;
+            if let Some(choices) = &spec.choices
+                && !choices.iter().any(|c| c.as_i64() == Some(n))
+            {
+                return Err(format!("must be one of {}", list(choices)));
+            }
+            Ok(Value::from(n))
+        }
+        ParamType::Number => {
+            let Some(n) = v.as_f64().filter(|f| f.is_finite()) else {
+                return Err(format!("must be a number, got {}", type_of(v)));
+            };
+            check_range(n, spec)?;
+            Ok(v.clone())
+        }
+        ParamType::Array => {
+            let Value::Array(items) = v else {
+                return Err(format!("must be an array of strings, got {}", type_of(v)));
+            };
+            if let Some(min) = spec.min_items
+                && (items.len() as u64) < min
+            {
+                return Err(format!(
+                    "must have at least {min} items (got {})",
+                    items.len()
+                ));
+            }
+            if let Some(max) = spec.max_items
+                && items.len() as u64 > max
+            {
+                return Err(format!(
+                    "must have at most {max} items (got {})",
+                    items.len()
+                ));
+            }
+            let rules = spec.items.clone().unwrap_or_default();
+            for (i, item) in items.iter().enumerate() {
+                let Value::String(s) = item else {
+                    return Err(format!("item {i} must be a string, got {}", type_of(item)));
+                };
+                check_string(s, &rules, p.item_pattern.as_ref())
+                    .map_err(|e| format!("item {i} {e}"))?;
+            }
+            Ok(v.clone())
+        }
+    }
+}
+
+fn list(choices: &[Value]) -> String {
+    choices
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_string(s: &str, rules: &StringRules, pattern: Option<&Regex>) -> Result<(), String> {
+    if s.contains('\0') {
+        return Err("must not contain a NUL character".into());
+    }
+    let len = s.chars().count() as u64;
+    if let Some(min) = rules.min_length
+        && len < min
+    {
+        return Err(format!(
+            "must be at least {min} characters long (got {len})"
+        ));
+    }
+    if let Some(max) = rules.max_length
+        && len > max
+    {
+        return Err(format!("must be at most {max} characters long (got {len})"));
+    }
+    if let Some(re) = pattern
+        && !re.is_match(s)
+    {
+        return Err(format!("must match the pattern `{}`", re.as_str()));
+    }
+    if let Some(choices) = &rules.choices
+        && !choices.iter().any(|c| c.as_str() == Some(s))
+    {
+        return Err(format!("must be one of {}", list(choices)));
+    }
+    Ok(())
+}
+
+fn check_range(n: f64, spec: &Param) -> Result<(), String> {
+    if let Some(min) = spec.minimum
+        && n < min
+    {
+        return Err(format!("must be at least {min} (got {n})"));
+    }
+    if let Some(max) = spec.maximum
+        && n > max
+    {
+        return Err(format!("must be at most {max} (got {n})"));
+    }
+    Ok(())
+}
