@@ -5,5 +5,8 @@
 
 pub mod catalog;
 pub mod config;
+pub mod dispatch;
+pub mod http;
+pub mod mcp;
 pub mod params;
 pub mod template;

@@ -1,1 +1,328 @@
-fn main() {}
+//! The `mcpfier` binary: the coordinator's command line.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{CommandFactory, Parser};
+use mcpfier_agent::exec::Stream;
+use mcpfier_coordinator::catalog::{Catalog, Tool};
+use mcpfier_coordinator::config::{self, ParamType};
+use mcpfier_coordinator::dispatch::Dispatcher;
+use mcpfier_coordinator::{http, mcp};
+use rmcp::ServiceExt;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+mod cli;
+use cli::{CallArgs, Cli, Client, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    init_logging(&cli, &env);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, env)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cli: &Cli, env: &HashMap<String, String>) {
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| env.get("MCPFIER_LOG").cloned())
+        .unwrap_or_else(|| "info,rmcp=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(cli: &Cli, env: &HashMap<String, String>) -> anyhow::Result<(PathBuf, Arc<Catalog>)> {
+    let path = config::find(cli.config.as_deref(), env)?;
+    let catalog =
+        config::load(&path, env).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    Ok((path, Arc::new(catalog)))
+}
+
+async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "mcpfier",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Validate => {
+            let path = config::find(cli.config.as_deref(), &env)?;
+            match config::load(&path, &env) {
+                Ok(catalog) => println!("{}: ok, {} tools", path.display(), catalog.tools.len()),
+                Err(e) => {
+                    eprint!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        Command::Tools { json } => {
+            let (_, catalog) = load(&cli, &env)?;
+            if *json {
+                let tools: Vec<_> = catalog.tools.values().map(|t| mcp::describe(t)).collect();
+                println!("{}", serde_json::to_string_pretty(&tools)?);
+            } else {
+                for tool in catalog.tools.values() {
+                    print_tool(tool);
+                }
+            }
+        }
+        Command::Stdio => {
+            let (path, catalog) = load(&cli, &env)?;
+            tracing::info!(config = %path.display(), tools = catalog.tools.len(), "serving MCP on stdio");
+            let service = mcp::Server::new(catalog)
+                .serve(rmcp::transport::stdio())
+                .await
+                .context("start MCP on stdio")?;
+            tokio::select! {
+                r = service.waiting() => { r.context("serve MCP on stdio")?; }
+                () = shutdown_signal() => {}
+            }
+        }
+        Command::Serve { listen } => {
+            let (path, catalog) = load(&cli, &env)?;
+            let listen = listen.unwrap_or(catalog.listen);
+            http::check_listen(listen)?;
+            tracing::info!(config = %path.display(), "starting");
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                trigger.cancel();
+            });
+            http::serve(catalog, listen, shutdown).await?;
+        }
+        Command::DryRun(args) => {
+            let (_, catalog) = load(&cli, &env)?;
+            let (tool, arguments) = tool_and_args(&catalog, args)?;
+            let exec = match tool.prepare(Some(&arguments)) {
+                Ok(e) => e,
+                Err(errors) => return Ok(invalid(&errors)),
+            };
+            let env_shown: Map<String, Value> = exec
+                .env
+                .iter()
+                .map(|v| {
+                    (
+                        v.name.clone(),
+                        json!(if v.secret { "***" } else { v.value.as_str() }),
+                    )
+                })
+                .collect();
+            let plan = json!({
+                "tool": tool.name,
+                "arguments": arguments,
+                "argv": exec.argv,
+                "env": env_shown,
+                "default_path": mcpfier_agent::exec::DEFAULT_PATH,
+                "workdir": exec.workdir,
+                "timeout": humantime::format_duration(exec.timeout).to_string(),
+                "max_output": mcpfier_common::ByteSize(exec.max_output).to_string(),
+                "ok_exit_codes": tool.ok_exit_codes,
+                "concurrency": tool.concurrency,
+            });
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        }
+        Command::Call(args) => {
+            let (_, catalog) = load(&cli, &env)?;
+            let (tool, arguments) = tool_and_args(&catalog, args)?;
+            let exec = match tool.prepare(Some(&arguments)) {
+                Ok(e) => e,
+                Err(errors) => return Ok(invalid(&errors)),
+            };
+            let tool = tool.clone();
+            let dispatcher = Dispatcher::new(catalog);
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<mcpfier_agent::exec::Chunk>();
+            let printer = tokio::spawn(async move {
+                while let Some(chunk) = rx.recv().await {
+                    let _ = match chunk.stream {
+                        Stream::Stdout => std::io::stdout().lock().write_all(&chunk.data),
+                        Stream::Stderr => std::io::stderr().lock().write_all(&chunk.data),
+                    };
+                }
+                let _ = std::io::stdout().flush();
+            });
+            let cancel = CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                on_signal.cancel();
+            });
+            let outcome = dispatcher.run(&tool, &exec, Some(tx), cancel).await?;
+            let _ = printer.await;
+            if outcome.truncated() {
+                eprintln!(
+                    "mcpfier: output was cut at {} per stream (max_output)",
+                    mcpfier_common::ByteSize(exec.max_output)
+                );
+            }
+            if outcome.timed_out {
+                eprintln!(
+                    "mcpfier: timed out after {}",
+                    humantime::format_duration(exec.timeout)
+                );
+                return Ok(ExitCode::from(124));
+            }
+            return Ok(match (outcome.exit_code, outcome.signal) {
+                (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
+                (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+                _ => ExitCode::FAILURE,
+            });
+        }
+        Command::Setup { client } => {
+            let path = config::find(cli.config.as_deref(), &env)?;
+            config::load(&path, &env)
+                .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+            setup(*client, &path)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn invalid(errors: &[mcpfier_coordinator::params::ArgError]) -> ExitCode {
+    eprintln!("invalid arguments, nothing was run:");
+    for e in errors {
+        eprintln!("  {e}");
+    }
+    ExitCode::from(2)
+}
+
+fn print_tool(tool: &Tool) {
+    let title = tool
+        .title
+        .as_deref()
+        .or(tool.description.as_deref())
+        .unwrap_or("");
+    println!("{}  {title}", tool.name);
+    for p in &tool.params {
+        let kind = format!("{:?}", p.spec.kind).to_lowercase();
+        let need = if p.required() { "required" } else { "optional" };
+        let desc = p.spec.description.as_deref().unwrap_or("");
+        println!("    {} ({kind}, {need}) {desc}", p.name);
+    }
+}
+
+fn tool_and_args<'a>(
+    catalog: &'a Catalog,
+    args: &CallArgs,
+) -> anyhow::Result<(&'a Arc<Tool>, Map<String, Value>)> {
+    let Some(tool) = catalog.tool(&args.tool) else {
+        let known: Vec<_> = catalog.tools.keys().map(String::as_str).collect();
+        bail!(
+            "no tool named `{}`; tools are: {}",
+            args.tool,
+            known.join(", ")
+        );
+    };
+    if let Some(text) = &args.json {
+        let value: Value = serde_json::from_str(text).context("read --json")?;
+        let Value::Object(map) = value else {
+            bail!("--json must be a JSON object, e.g. '{{\"name\": \"value\"}}'");
+        };
+        return Ok((tool, map));
+    }
+    let mut map = Map::new();
+    for raw in &args.args {
+        let Some((name, text)) = raw.split_once('=') else {
+            bail!("--arg `{raw}` is not NAME=VALUE");
+        };
+        let kind = tool
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.spec.kind);
+        let value = match kind {
+            Some(ParamType::Integer) | Some(ParamType::Number) | Some(ParamType::Boolean) => {
+                serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+            }
+            _ => Value::String(text.to_owned()),
+        };
+        if kind == Some(ParamType::Array) {
+            match map
+                .entry(name.to_owned())
+                .or_insert_with(|| Value::Array(vec![]))
+            {
+                Value::Array(items) => items.push(value),
+                _ => unreachable!("array parameters collect arrays"),
+            }
+        } else if map.insert(name.to_owned(), value).is_some() {
+            bail!("--arg {name} is given twice, but `{name}` is not an array parameter");
+        }
+    }
+    Ok((tool, map))
+}
+
+fn setup(client: Client, config: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("find mcpfier's own path")?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    let config = config
+        .canonicalize()
+        .with_context(|| format!("find the absolute path of {}", config.display()))?;
+    let args = json!(["--config", config, "stdio"]);
+    let (snippet, hint) = match client {
+        Client::ClaudeDesktop => (
+            json!({"mcpServers": {"mcpfier": {"command": exe, "args": args}}}),
+            "Merge this into claude_desktop_config.json (Linux: ~/.config/Claude/, macOS: ~/Library/Application Support/Claude/), then restart Claude Desktop.",
+        ),
+        Client::ClaudeCode => (
+            json!({"type": "stdio", "command": exe, "args": args}),
+            "Register it with: claude mcp add-json mcpfier '<the JSON below>'",
+        ),
+        Client::Cursor => (
+            json!({"mcpServers": {"mcpfier": {"command": exe, "args": args}}}),
+            "Merge this into ~/.cursor/mcp.json (or .cursor/mcp.json in a project).",
+        ),
+        Client::Vscode => (
+            json!({"servers": {"mcpfier": {"type": "stdio", "command": exe, "args": args}}}),
+            "Merge this into .vscode/mcp.json in your workspace.",
+        ),
+    };
+    eprintln!("{hint}");
+    println!("{}", serde_json::to_string_pretty(&snippet)?);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

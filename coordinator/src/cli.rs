@@ -1,0 +1,106 @@
+//! The `mcpfier` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Turns commands into MCP tools.
+#[derive(Debug, Parser)]
+#[command(name = "mcpfier", version, about, long_about = None)]
+#[command(after_help = "Example:\n  mcpfier --config examples/mcpfier.yaml serve")]
+pub struct Cli {
+    /// The config file. Without it: $MCPFIER_CONFIG, ./mcpfier.yaml,
+    /// ~/.config/mcpfier/mcpfier.yaml, /etc/mcpfier/mcpfier.yaml, in that order.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log filter, e.g. `debug` or `info,mcpfier=debug` (logs go to stderr). Also $MCPFIER_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Logs as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve MCP over Streamable HTTP at /mcp.
+    #[command(
+        after_help = "Example:\n  mcpfier --config examples/mcpfier.yaml serve --listen 127.0.0.1:8080"
+    )]
+    Serve {
+        /// Address to listen on; overrides server.listen. Loopback only.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Serve MCP on stdin/stdout, for clients that start mcpfier themselves.
+    #[command(after_help = "Example:\n  mcpfier --config /etc/mcpfier/mcpfier.yaml stdio")]
+    Stdio,
+    /// Check the config file and report every problem.
+    #[command(after_help = "Example:\n  mcpfier --config mcpfier.yaml validate")]
+    Validate,
+    /// Print the JSON Schema of the config file.
+    #[command(after_help = "Example:\n  mcpfier schema > mcpfier.schema.json")]
+    Schema,
+    /// List the configured tools.
+    #[command(after_help = "Example:\n  mcpfier tools --json")]
+    Tools {
+        /// Print the MCP tool descriptions as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a call would run, without running it. Secrets show as ***.
+    #[command(
+        name = "dry-run",
+        after_help = "Example:\n  mcpfier dry-run grep-logs --arg pattern=error --arg file=syslog"
+    )]
+    DryRun(CallArgs),
+    /// Run a tool once, streaming its output, and exit with its exit code.
+    #[command(
+        after_help = "Example:\n  mcpfier call disk-usage --arg path=/var/log\n\n\
+Exit status: the command's own; 124 on timeout; 128+N when killed by signal N;\n\
+2 when the arguments are invalid."
+    )]
+    Call(CallArgs),
+    /// Print the JSON that registers mcpfier with an MCP client.
+    #[command(
+        after_help = "Example:\n  mcpfier --config ~/mcpfier.yaml setup --client claude-desktop"
+    )]
+    Setup {
+        /// The client to configure.
+        #[arg(long, value_enum)]
+        client: Client,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  mcpfier completion bash > /etc/bash_completion.d/mcpfier")]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// A tool and its arguments, for `call` and `dry-run`.
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// The tool's name.
+    pub tool: String,
+    /// An argument as NAME=VALUE, read as the parameter's type. Repeat a name to give an
+    /// array parameter several items.
+    #[arg(long = "arg", short = 'a', value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
+    /// All arguments as one JSON object, e.g. '{"paths": ["a", "b"]}'.
+    #[arg(long, value_name = "JSON", conflicts_with = "args")]
+    pub json: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Client {
+    ClaudeDesktop,
+    ClaudeCode,
+    Cursor,
+    Vscode,
+}

@@ -1,0 +1,96 @@
+//! Runs calls: takes a slot under the tool's and the server's concurrency limits, then runs
+//! the resolved command with the embedded execution engine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpfier_agent::exec::{self, Chunk, Execution, Outcome};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc::UnboundedSender};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Catalog, Tool};
+
+/// Why a call did not produce an [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "tool `{tool}` is busy: {limit} of its calls are already running and none finished within {waited}; try again later"
+    )]
+    ToolBusy {
+        tool: String,
+        limit: usize,
+        waited: String,
+    },
+    #[error(
+        "mcpfier is busy: {limit} calls are already running (server.max_concurrency) and none finished within {waited}; try again later"
+    )]
+    ServerBusy { limit: usize, waited: String },
+    #[error("call cancelled before it started")]
+    Cancelled,
+    #[error(transparent)]
+    Exec(#[from] exec::Error),
+}
+
+/// Runs tool calls in this process.
+#[derive(Clone, Debug)]
+pub struct Dispatcher {
+    catalog: Arc<Catalog>,
+}
+
+impl Dispatcher {
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        Self { catalog }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Runs `exec` for `tool`. Waiting for a free slot is bounded by the tool's timeout;
+    /// the run itself then gets the whole timeout.
+    pub async fn run(
+        &self,
+        tool: &Tool,
+        exec: &Execution,
+        output: Option<UnboundedSender<Chunk>>,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, Error> {
+        let deadline = tokio::time::Instant::now() + tool.timeout;
+        let waited = || humantime::format_duration(round(tool.timeout)).to_string();
+        let _tool_slot =
+            match &tool.slots {
+                Some(slots) => Some(acquire(slots, deadline, &cancel).await?.ok_or_else(|| {
+                    Error::ToolBusy {
+                        tool: tool.name.clone(),
+                        limit: tool.concurrency.unwrap_or_default(),
+                        waited: waited(),
+                    }
+                })?),
+                None => None,
+            };
+        let _global_slot = acquire(&self.catalog.global_slots, deadline, &cancel)
+            .await?
+            .ok_or_else(|| Error::ServerBusy {
+                limit: self.catalog.server.max_concurrency,
+                waited: waited(),
+            })?;
+        Ok(exec::run(exec, output, cancel).await?)
+    }
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().max(1))
+}
+
+async fn acquire(
+    slots: &Arc<Semaphore>,
+    deadline: tokio::time::Instant,
+    cancel: &CancellationToken,
+) -> Result<Option<OwnedSemaphorePermit>, Error> {
+    tokio::select! {
+        permit = tokio::time::timeout_at(deadline, slots.clone().acquire_owned()) => {
+            Ok(permit.ok().map(|p| p.expect("semaphores are never closed")))
+        }
+        () = cancel.cancelled() => Err(Error::Cancelled),
+    }
+}

@@ -1,0 +1,86 @@
+//! `mcpfier serve`: MCP over Streamable HTTP at `/mcp`, with Host and Origin checks, and a
+//! `/healthz` for probes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::serve::ListenerExt;
+use rmcp::transport::streamable_http_server::{
+    StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::catalog::Catalog;
+use crate::mcp::Server;
+
+/// Origins always allowed: pages served from this machine.
+const LOOPBACK_ORIGINS: [&str; 6] = [
+    "http://localhost:*",
+    "http://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://localhost:*",
+    "https://127.0.0.1:*",
+    "https://[::1]:*",
+];
+
+/// Refuses addresses other machines could reach: there is no authentication yet.
+pub fn check_listen(addr: SocketAddr) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!(
+            "refusing to serve on {addr}: mcpfier has no authentication yet, so anyone who can reach \
+             that address could run its tools. Listen on a loopback address (127.0.0.1 or [::1]) \
+             in server.listen or --listen"
+        );
+    }
+    Ok(())
+}
+
+/// The axum router serving MCP at `/mcp`.
+pub fn router(catalog: Arc<Catalog>, shutdown: CancellationToken) -> Router {
+    let origins = LOOPBACK_ORIGINS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(catalog.server.allowed_origins.iter().cloned());
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_origins(origins)
+        .enforce_origin_validation()
+        .with_cancellation_token(shutdown.child_token());
+    let server = Server::new(catalog);
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .nest_service("/mcp", service)
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+}
+
+/// Serves until `shutdown` is cancelled. Calls still running are killed as their requests
+/// end.
+pub async fn serve(
+    catalog: Arc<Catalog>,
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    check_listen(listen)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    let local = listener.local_addr().context("read the bound address")?;
+    let tools = catalog.tools.len();
+    let app = router(catalog, shutdown.clone());
+    // Small SSE writes must not wait for the peer's delayed ACK (about 40 ms per response).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    info!(address = %local, tools, "serving MCP at http://{local}/mcp");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("serve HTTP")?;
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The MCP front door (rmcp): `tools/list` from the catalog, `tools/call` through the
+//! dispatcher, live output as progress notifications, cancellation that kills the command.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mcpfier_agent::exec::{Chunk, Outcome};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
+    ServerCapabilities, ServerConfig, Tool as McpTool, ToolAnnotations,
+};
+use rmcp::service::{Peer, RequestContext};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tracing::{Instrument, info, warn};
+
+use crate::catalog::{Catalog, Tool};
+use crate::dispatch::{self, Dispatcher};
+
+/// How often at most a call sends a progress notification.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Most bytes of output one progress notification carries.
+const PROGRESS_MAX_MESSAGE: usize = 4096;
+
+/// The MCP server: cheap to clone, one per session.
+#[derive(Clone)]
+pub struct Server {
+    dispatcher: Dispatcher,
+    tools: Arc<Vec<McpTool>>,
+}
+
+impl Server {
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        let tools = catalog.tools.values().map(|t| describe(t)).collect();
+        Self {
+            dispatcher: Dispatcher::new(catalog),
+            tools: Arc::new(tools),
+        }
+    }
+}
+
+/// The `outputSchema` of every tool: the shape of `structuredContent`.
+pub fn output_schema() -> Map<String, Value> {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "exit_code": {"type": ["integer", "null"], "description": "exit code; null when a signal ended the command"},
+            "signal": {"type": ["integer", "null"], "description": "the signal that ended the command, if any"},
+            "stdout": {"type": "string"},
+            "stderr": {"type": "string"},
+            "truncated": {"type": "boolean", "description": "output went past max_output and was cut"},
+            "timed_out": {"type": "boolean"},
+            "duration_ms": {"type": "integer"}
+        },
+        "required": ["exit_code", "stdout", "stderr", "truncated", "timed_out", "duration_ms"]
+    });
+    match schema {
+        Value::Object(map) => map,
+        _ => unreachable!("the schema literal is an object"),
+    }
+}
+
+/// The MCP description of a tool.
+pub fn describe(tool: &Tool) -> McpTool {
+    let mut t = McpTool::new(
+        tool.name.clone(),
+        tool.description.clone().unwrap_or_default(),
+        tool.input_schema.clone(),
+    )
+    .with_raw_output_schema(Arc::new(output_schema()));
+    if let Some(title) = &tool.title {
+        t = t.with_title(title.clone());
+    }
+    let a = &tool.annotations;
+    if a.read_only.is_some()
+        || a.destructive.is_some()
+        || a.idempotent.is_some()
+        || a.open_world.is_some()
+    {
+        let mut ann = ToolAnnotations::new();
+        ann.title = tool.title.clone();
+        ann.read_only_hint = a.read_only;
+        ann.destructive_hint = a.destructive;
+        ann.idempotent_hint = a.idempotent;
+        ann.open_world_hint = a.open_world;
+        t = t.with_annotations(ann);
+    }
+    t
+}
+
+/// `structuredContent` for an outcome.
+pub fn structured(outcome: &Outcome) -> Value {
+    json!({
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "stdout": String::from_utf8_lossy(&outcome.stdout),
+        "stderr": String::from_utf8_lossy(&outcome.stderr),
+        "truncated": outcome.truncated(),
+        "timed_out": outcome.timed_out,
+        "duration_ms": outcome.duration.as_millis() as u64,
+    })
+}
+
+/// The MCP result of a finished run.
+pub fn tool_result(tool: &Tool, outcome: &Outcome) -> CallToolResult {
+    let ok = tool.ok_exit(outcome.exit_code) && !outcome.timed_out;
+    let mut text = String::from_utf8_lossy(&outcome.stdout).into_owned();
+    if !outcome.stderr.is_empty() {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str("--- stderr ---\n");
+        text.push_str(&String::from_utf8_lossy(&outcome.stderr));
+    }
+    if outcome.timed_out {
+        text.push_str(&format!(
+            "\n[mcpfier] timed out after {}; the command and everything it started were killed",
+            humantime::format_duration(tool.timeout)
+        ));
+    } else if !ok {
+        match (outcome.exit_code, outcome.signal) {
+            (Some(code), _) => text.push_str(&format!("\n[mcpfier] exit code {code}")),
+            (None, Some(sig)) => text.push_str(&format!("\n[mcpfier] killed by signal {sig}")),
+            _ => {}
+        }
+    }
+    if outcome.truncated() {
+        text.push_str(&format!(
+            "\n[mcpfier] output was cut at {} per stream (max_output)",
+            mcpfier_common::ByteSize(tool.max_output)
+        ));
+    }
+    let content = vec![ContentBlock::text(text)];
+    let mut result = if ok {
+        CallToolResult::success(content)
+    } else {
+        CallToolResult::error(content)
+    };
+    result.structured_content = Some(structured(outcome));
+    result
+}
+
+fn error_result(message: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("mcpfier", env!("CARGO_PKG_VERSION")))
+            .with_instructions("Each tool runs one fixed command with the arguments you give it.")
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items((*self.tools).clone()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let span = tracing::info_span!("call", request_id = %context.id, tool = %request.name);
+        self.call(request, context)
+            .instrument(span)
+            .await
+            .map(Into::into)
+    }
+}
+
+impl Server {
+    async fn call(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let catalog = self.dispatcher.catalog();
+        let Some(tool) = catalog.tool(&request.name) else {
+            let known: Vec<_> = catalog.tools.keys().map(String::as_str).collect();
+            return Err(McpError::invalid_params(
+                format!(
+                    "unknown tool `{}`; tools are: {}",
+                    request.name,
+                    known.join(", ")
+                ),
+                None,
+            ));
+        };
+        let exec = match tool.prepare(request.arguments.as_ref()) {
+            Ok(exec) => exec,
+            Err(errors) => {
+                let list: Vec<_> = errors.iter().map(ToString::to_string).collect();
+                info!(problems = list.len(), "arguments refused");
+                return Ok(error_result(format!(
+                    "invalid arguments, nothing was run: {}",
+                    list.join("; ")
+                )));
+            }
+        };
+        let progress = context.meta.get_progress_token().map(|token| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(forward_progress(rx, context.peer.clone(), token));
+            (tx, task)
+        });
+        let (tx, task) = match progress {
+            Some((tx, task)) => (Some(tx), Some(task)),
+            None => (None, None),
+        };
+        let started = Instant::now();
+        let result = self
+            .dispatcher
+            .run(tool, &exec, tx, context.ct.clone())
+            .await;
+        if let Some(task) = task {
+            // The sender is gone with the run; the task sends what is left and ends.
+            let _ = task.await;
+        }
+        match result {
+            Ok(outcome) => {
+                info!(
+                    exit_code = outcome.exit_code,
+                    timed_out = outcome.timed_out,
+                    cancelled = outcome.cancelled,
+                    truncated = outcome.truncated(),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "call finished"
+                );
+                Ok(tool_result(tool, &outcome))
+            }
+            Err(dispatch::Error::Exec(e)) => {
+                warn!(error = %e, "call could not start");
+                Ok(error_result(format!("the command could not run: {e}")))
+            }
+            Err(e) => {
+                info!(error = %e, "call not started");
+                Ok(error_result(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Sends output as progress notifications, at most one per [`PROGRESS_INTERVAL`].
+async fn forward_progress(
+    mut rx: mpsc::UnboundedReceiver<Chunk>,
+    peer: Peer<RoleServer>,
+    token: ProgressToken,
+) {
+    let mut pending = Vec::<u8>::new();
+    let mut lines = 0u64;
+    let mut last_sent = tokio::time::Instant::now() - PROGRESS_INTERVAL;
+    loop {
+        let flush_at = last_sent + PROGRESS_INTERVAL;
+        let closed = tokio::select! {
+            chunk = rx.recv() => match chunk {
+                Some(c) => { pending.extend_from_slice(&c.data); false }
+                None => true,
+            },
+            () = tokio::time::sleep_until(flush_at), if !pending.is_empty() => false,
+        };
+        let now = tokio::time::Instant::now();
+        if !pending.is_empty() && (closed || now >= flush_at) {
+            // Send whole lines; a partial line waits for its end unless the run is over.
+            let cut = if closed {
+                pending.len()
+            } else {
+                pending
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |i| i + 1)
+            };
+            if cut > 0 {
+                let batch: Vec<u8> = pending.drain(..cut).collect();
+                lines += batch.iter().filter(|b| **b == b'\n').count().max(1) as u64;
+                let mut message = String::from_utf8_lossy(&batch).into_owned();
+                if message.len() > PROGRESS_MAX_MESSAGE {
+                    let mut start = message.len() - PROGRESS_MAX_MESSAGE;
+                    while !message.is_char_boundary(start) {
+                        start += 1;
+                    }
+                    message = format!("…{}", &message[start..]);
+                }
+                let param = ProgressNotificationParam::new(token.clone(), lines as f64)
+                    .with_message(message.trim_end_matches('\n').to_owned());
+                if peer.notify_progress(param).await.is_err() {
+                    return;
+                }
+                last_sent = now;
+            }
+        }
+        if closed && pending.is_empty() {
+            return;
+        }
+    }
+}
