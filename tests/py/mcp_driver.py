@@ -1,0 +1,109 @@
+"""Drives mcpfier with the official MCP Python SDK, for the Rust integration tests.
+
+Usage:
+    mcp_driver.py stdio -- PROGRAM [ARGS...]   < ops.json
+    mcp_driver.py http URL                      < ops.json
+
+ops.json is a list of operations; the results (one per operation) are printed as one JSON
+array on stdout. Operations:
+    {"op": "list_tools"}
+    {"op": "call", "name": ..., "arguments": {...}, "progress": true,
+     "cancel_when_file": PATH}   # abandon the call once PATH exists (sends notifications/cancelled)
+"""
+
+import json
+import os
+import sys
+import time
+
+import anyio
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+
+def dump(model):
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+async def wait_for_file(path, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            return True
+        await anyio.sleep(0.02)
+    return False
+
+
+async def run_ops(session, init, ops):
+    results = []
+    for op in ops:
+        kind = op["op"]
+        if kind == "init":
+            results.append(dump(init))
+        elif kind == "list_tools":
+            listed = await session.list_tools()
+            results.append({"tools": [dump(t) for t in listed.tools]})
+        elif kind == "call":
+            progress = []
+
+            async def on_progress(value, total, message):
+                progress.append({"progress": value, "message": message})
+
+            cb = on_progress if op.get("progress") else None
+            outcome = {}
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    if op.get("cancel_when_file"):
+                        async def watch():
+                            found = await wait_for_file(op["cancel_when_file"])
+                            outcome["file_seen"] = found
+                            scope.cancel()
+                        tg.start_soon(watch)
+
+                    async def call():
+                        result = await session.call_tool(
+                            op["name"], op.get("arguments"), progress_callback=cb
+                        )
+                        outcome["result"] = result
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(call)
+            if "result" in outcome:
+                r = outcome["result"]
+                results.append(
+                    {
+                        "is_error": bool(r.is_error),
+                        "structured_content": r.structured_content,
+                        "text": [c.text for c in r.content if getattr(c, "type", "") == "text"],
+                        "progress": progress,
+                    }
+                )
+            else:
+                results.append({"cancelled": True, "file_seen": outcome.get("file_seen", False)})
+        else:
+            raise SystemExit(f"unknown op {kind!r}")
+    return results
+
+
+async def main():
+    ops = json.load(sys.stdin)
+    mode = sys.argv[1]
+    if mode == "stdio":
+        argv = sys.argv[sys.argv.index("--") + 1 :]
+        params = StdioServerParameters(command=argv[0], args=argv[1:], env=json.loads(os.environ.get("MCP_DRIVER_SERVER_ENV", "{}")))
+        transport = stdio_client(params, errlog=sys.stderr)
+    elif mode == "http":
+        transport = streamable_http_client(sys.argv[2])
+    else:
+        raise SystemExit("mode is stdio or http")
+    async with transport as (read, write):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            results = await run_ops(session, init, ops)
+    json.dump(results, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    anyio.run(main)

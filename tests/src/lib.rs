@@ -1,0 +1,401 @@
+//! The harness for mcpfier's integration tests: builds and starts the real binaries, drives
+//! them with the official MCP Python SDK (`tests/py/mcp_driver.py`), and cleans up after
+//! itself (SIGTERM, then SIGKILL, on drop).
+//!
+//! Each test gets its own temp dir, its own port (the coordinator binds port 0 and the harness
+//! reads the bound address from its log), and a log file per process.
+
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The Python package the tests drive mcpfier with.
+pub const MCP_PYPI_PIN: &str = "mcp==2.3.0";
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// The `mcpfier` binary, built (once per test run) from this checkout.
+pub fn mcpfier() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "mcpfier-coordinator",
+                "--bin",
+                "mcpfier",
+            ])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build for the mcpfier binary");
+        assert!(status.success(), "cargo build of the mcpfier binary failed");
+        target_dir().join("debug/mcpfier")
+    })
+}
+
+/// The Python interpreter of the venv that has the official MCP SDK.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("MCPFIER_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("mcp-venv/bin/python"));
+    assert!(
+        python.exists(),
+        "no Python with the MCP SDK at {}: run `cargo xtask test`, which creates it \
+         (or: python3 -m venv target/mcp-venv && target/mcp-venv/bin/pip install {MCP_PYPI_PIN})",
+        python.display()
+    );
+    python
+}
+
+/// A temp dir for one test, with helpers to write files into it.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("mcpfier-test-")
+                .tempdir()
+                .expect("create a temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `text` to `name` in the dir and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write a test file");
+        path
+    }
+
+    /// Replaces `@DIR@` in a config with this dir, and writes it as `mcpfier.yaml`.
+    pub fn config(&self, yaml: &str) -> PathBuf {
+        let yaml = yaml.replace("@DIR@", &self.path().display().to_string());
+        self.write("mcpfier.yaml", &yaml)
+    }
+}
+
+/// Runs `cmd` with `input` on stdin; fails after `limit`.
+fn run_with_deadline(
+    mut cmd: Command,
+    input: &str,
+    limit: Duration,
+) -> anyhow::Result<(i32, String, String)> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start the process")?;
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(input.as_bytes())
+        .context("write stdin")?;
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = err.join().unwrap_or_default();
+            bail!("still running after {limit:?}; stderr:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    Ok((status.code().unwrap_or(-1), out, err))
+}
+
+fn driver_results(code: i32, out: &str, err: &str) -> Vec<Value> {
+    assert_eq!(
+        code, 0,
+        "the MCP driver failed:\nstdout: {out}\nstderr: {err}"
+    );
+    match serde_json::from_str(out.trim()) {
+        Ok(Value::Array(items)) => items,
+        other => panic!("driver printed no result array: {other:?}\nstdout: {out}\nstderr: {err}"),
+    }
+}
+
+/// What a stdio session printed to stderr (mcpfier's logs), with the results.
+pub struct StdioRun {
+    pub results: Vec<Value>,
+    pub stderr: String,
+}
+
+/// Starts `mcpfier --config CONFIG stdio` from the Python SDK's stdio client, runs `ops`
+/// (see `tests/py/mcp_driver.py`) and returns one result per op. `env` is what mcpfier's
+/// own environment gets on top of the SDK's default one.
+pub fn drive_stdio(
+    config: &Path,
+    env: &[(&str, &str)],
+    extra_args: &[&str],
+    ops: Value,
+) -> StdioRun {
+    let env: serde_json::Map<String, Value> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace().join("tests/py/mcp_driver.py"))
+        .args(["stdio", "--"])
+        .arg(mcpfier())
+        .arg("--config")
+        .arg(config)
+        .args(extra_args)
+        .arg("stdio")
+        .env("MCP_DRIVER_SERVER_ENV", Value::Object(env).to_string());
+    let (code, out, err) = run_with_deadline(cmd, &ops.to_string(), Duration::from_secs(90))
+        .expect("run the MCP driver");
+    StdioRun {
+        results: driver_results(code, &out, &err),
+        stderr: err,
+    }
+}
+
+/// Runs `ops` against a Streamable HTTP endpoint with the Python SDK.
+pub fn drive_http(url: &str, ops: Value) -> Vec<Value> {
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace().join("tests/py/mcp_driver.py"))
+        .args(["http", url]);
+    let (code, out, err) = run_with_deadline(cmd, &ops.to_string(), Duration::from_secs(90))
+        .expect("run the MCP driver");
+    driver_results(code, &out, &err)
+}
+
+/// Runs the `mcpfier` CLI to completion: (exit code, stdout, stderr).
+pub fn mcpfier_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(mcpfier());
+    cmd.args(args).env_clear().env("PATH", "/usr/bin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_with_deadline(cmd, "", Duration::from_secs(60)).expect("run mcpfier")
+}
+
+/// A running `mcpfier serve`, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Coordinator {
+    child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Coordinator {
+    /// Starts `mcpfier serve` on a free loopback port and waits until `/healthz` answers.
+    pub fn start(config: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> Coordinator {
+        let log = config.with_file_name(format!(
+            "coordinator-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ));
+        let log_file = std::fs::File::create(&log).expect("create the coordinator log");
+        let mut cmd = Command::new(mcpfier());
+        cmd.arg("--config")
+            .arg(config)
+            .args(extra_args)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start mcpfier serve");
+        let mut coordinator = Coordinator {
+            child,
+            addr: String::new(),
+            log,
+        };
+        let addr = wait_for(Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&coordinator.log).ok()?;
+            let start = text.find("serving MCP at http://")? + "serving MCP at http://".len();
+            let end = text[start..].find("/mcp")?;
+            Some(text[start..start + end].to_owned())
+        });
+        let Some(addr) = addr else {
+            panic!(
+                "mcpfier serve did not start; log:\n{}",
+                std::fs::read_to_string(&coordinator.log).unwrap_or_default()
+            );
+        };
+        coordinator.addr = addr;
+        let healthy = wait_for(Duration::from_secs(10), || {
+            (http_request(&coordinator.addr, "GET", "/healthz", &[], "")
+                .ok()?
+                .0
+                == 200)
+                .then_some(())
+        });
+        assert!(healthy.is_some(), "mcpfier serve did not answer /healthz");
+        coordinator
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let exited = wait_for(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        });
+        match exited {
+            Some(status) => status.code(),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+/// Polls `check` until it gives a value or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A plain HTTP/1.1 request: (status, body).
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("read the status line {status_line:?}"))?;
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    Ok((status, rest))
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Reads the whitespace-separated pids a test command wrote to `path`.
+pub fn read_pids(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Waits until every pid is gone; panics naming the survivors.
+pub fn assert_all_gone(pids: &[i32], limit: Duration) {
+    assert!(!pids.is_empty(), "no pids to check");
+    let gone = wait_for(limit, || pids.iter().all(|p| !alive(*p)).then_some(()));
+    if gone.is_none() {
+        let survivors: Vec<_> = pids.iter().filter(|p| alive(**p)).collect();
+        for p in &survivors {
+            let _ = kill(Pid::from_raw(**p), Signal::SIGKILL);
+        }
+        panic!("processes survived: {survivors:?}");
+    }
+}

@@ -1,0 +1,223 @@
+//! The `mcpfier` command line, run as a user would.
+
+use mcpfier_tests::{Scratch, mcpfier_cli};
+use serde_json::Value;
+
+const CONFIG: &str = r#"
+tools:
+  - name: grep-logs
+    description: Search a log file for a pattern
+    command: ["/bin/grep", "-n", "-C", "{{context}}", "--", "{{pattern}}", "@DIR@/{{file}}"]
+    params:
+      pattern: {type: string, max_length: 200}
+      file: {type: string, enum: [app.log]}
+      context: {type: integer, minimum: 0, maximum: 10, default: 0}
+    env: {LANG: C.UTF-8, API_TOKEN: "${env:LOG_TOKEN}", CA: "${file:@DIR@/ca.pem}"}
+    ok_exit_codes: [0, 1]
+  - name: exit-with
+    command: ["/bin/sh", "-c", "echo out; echo err >&2; exit \"$1\"", "sh", "{{code}}"]
+    params:
+      code: {type: integer, minimum: 0, maximum: 255}
+  - name: slow
+    command: ["/bin/sleep", "30"]
+    timeout: 300ms
+"#;
+
+const TOKEN: &str = "tok-3141592653";
+const CA: &str = "-----BEGIN CERTIFICATE-----secret-ca";
+
+fn setup() -> (Scratch, String) {
+    let s = Scratch::new();
+    s.write("app.log", "alpha\nbeta\ngamma\n");
+    s.write("ca.pem", &format!("{CA}\n"));
+    let config = s.config(CONFIG).display().to_string();
+    (s, config)
+}
+
+fn run(config: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--config", config];
+    all.extend_from_slice(args);
+    mcpfier_cli(&all, &[("LOG_TOKEN", TOKEN)])
+}
+
+#[test]
+fn call_streams_output_and_exits_with_the_command_code() {
+    let (_s, config) = setup();
+    let (code, out, err) = run(&config, &["call", "exit-with", "--arg", "code=7"]);
+    assert_eq!((code, out.as_str(), err.as_str()), (7, "out\n", "err\n"));
+    let (code, out, _) = run(
+        &config,
+        &[
+            "call",
+            "grep-logs",
+            "-a",
+            "pattern=beta",
+            "-a",
+            "file=app.log",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "2:beta\n"));
+}
+
+#[test]
+fn call_exits_124_on_timeout_and_2_on_invalid_arguments() {
+    let (_s, config) = setup();
+    let (code, _, err) = run(&config, &["call", "slow"]);
+    assert_eq!(code, 124, "{err}");
+    assert!(err.contains("timed out after 300ms"), "{err}");
+    let (code, _, err) = run(&config, &["call", "exit-with", "--arg", "code=300"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("parameter `code`: must be at most 255 (got 300)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dry_run_shows_the_plan_with_secrets_masked() {
+    let (s, config) = setup();
+    let (code, out, err) = run(
+        &config,
+        &[
+            "dry-run",
+            "grep-logs",
+            "-a",
+            "pattern=$(id)",
+            "-a",
+            "file=app.log",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    let log = format!("{}/app.log", s.path().display());
+    assert_eq!(
+        plan["argv"],
+        serde_json::json!(["/bin/grep", "-n", "-C", "0", "--", "$(id)", log])
+    );
+    assert_eq!(plan["env"]["API_TOKEN"], "***");
+    assert_eq!(plan["env"]["CA"], "***");
+    assert_eq!(plan["env"]["LANG"], "C.UTF-8");
+    assert_eq!(plan["timeout"], "1m");
+    assert!(!out.contains(TOKEN) && !err.contains(TOKEN));
+    assert!(!out.contains("secret-ca") && !err.contains("secret-ca"));
+}
+
+#[test]
+fn validate_reports_every_problem_with_path_and_line() {
+    let s = Scratch::new();
+    let config = s.config(
+        "tools:\n  - name: a\n    command: [/bin/echo, '{{x}}']\n    params:\n      x: {type: string, pattern: '['}\n  - name: a\n    command: [/bin/true]\n    env: {T: '${env:MISSING_TOKEN}'}\n",
+    );
+    let config = config.display().to_string();
+    let (code, out, err) = mcpfier_cli(&["--config", &config, "validate"], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("has 3 problems"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{config}:5: tools[0].params.x.pattern: invalid regex `[`"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{config}:6: tools[1].name: a tool named `a` is already defined"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{config}:8: tools[1].env.T: `${{env:MISSING_TOKEN}}`: MISSING_TOKEN is not set"
+        )),
+        "{err}"
+    );
+
+    let (code, out, _) = mcpfier_cli(
+        &[
+            "--config",
+            &s.write("ok.yaml", "tools: []\n").display().to_string(),
+            "validate",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("ok, 0 tools"));
+
+    let (code, _, err) = mcpfier_cli(
+        &[
+            "--config",
+            &s.write("bad.yaml", "tools: [\n").display().to_string(),
+            "validate",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.yaml:"), "{err}");
+}
+
+#[test]
+fn the_config_is_found_through_mcpfier_config() {
+    let (_s, config) = setup();
+    let (code, out, err) = mcpfier_cli(
+        &["tools"],
+        &[("MCPFIER_CONFIG", &config), ("LOG_TOKEN", TOKEN)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("grep-logs  Search a log file"), "{out}");
+    let (code, _, err) = mcpfier_cli(&["tools"], &[("HOME", "/nonexistent")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no config file found"), "{err}");
+    assert!(err.contains("MCPFIER_CONFIG"), "{err}");
+}
+
+#[test]
+fn setup_prints_client_json_with_absolute_paths() {
+    let (_s, config) = setup();
+    for (client, key) in [
+        ("claude-desktop", "/mcpServers/mcpfier"),
+        ("cursor", "/mcpServers/mcpfier"),
+        ("vscode", "/servers/mcpfier"),
+        ("claude-code", ""),
+    ] {
+        let (code, out, err) = run(&config, &["setup", "--client", client]);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let server = v.pointer(key).unwrap_or_else(|| panic!("{client}: {out}"));
+        let command = server["command"].as_str().unwrap();
+        assert!(
+            command.starts_with('/') && command.ends_with("/mcpfier"),
+            "{command}"
+        );
+        assert_eq!(
+            server["args"],
+            serde_json::json!(["--config", config, "stdio"])
+        );
+    }
+}
+
+#[test]
+fn schema_completion_and_help_work() {
+    let (code, out, _) = mcpfier_cli(&["schema"], &[]);
+    assert_eq!(code, 0);
+    let schema: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(schema["title"], "mcpfier.yaml");
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, _) = mcpfier_cli(&["completion", shell], &[]);
+        assert_eq!(code, 0);
+        assert!(out.contains("dry-run"), "{shell}");
+    }
+    for sub in [
+        "serve",
+        "stdio",
+        "validate",
+        "schema",
+        "tools",
+        "dry-run",
+        "call",
+        "setup",
+        "completion",
+    ] {
+        let (code, out, _) = mcpfier_cli(&[sub, "--help"], &[]);
+        assert_eq!(code, 0);
+        assert!(out.contains("Example:"), "{sub} --help has no example");
+    }
+}

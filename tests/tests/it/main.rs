@@ -1,0 +1,5 @@
+//! mcpfier's integration tests: the real `mcpfier` binary, driven over stdio and Streamable
+//! HTTP by the official MCP Python SDK.
+
+mod cli;
+mod mcp;
