@@ -1,1 +1,348 @@
-fn main() {}
+//! mcpfier's benchmark. Run it with `cargo xtask bench` (release build, installs wrk).
+//!
+//! In one run it measures:
+//! - the floor: spawning `/bin/echo` directly, sequentially and from 8 threads;
+//! - `tools/call` of an echo tool on `mcpfier serve` (Streamable HTTP), with 1 and 8
+//!   concurrent clients (wrk, one connection and one MCP session per client, each waiting for
+//!   the whole response);
+//! - the same tool served by the official Python SDK's `MCPServer`, driven the same way;
+//!
+//! and prints p50, p99 and calls/s for each, with the ratios the targets are stated in.
+
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+struct Figures {
+    name: String,
+    p50_us: f64,
+    p99_us: f64,
+    rate: f64,
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench sits in the workspace")
+        .to_owned()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p / 100.0).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn spawn_echo() -> anyhow::Result<()> {
+    let out = Command::new("/bin/echo")
+        .arg("hello")
+        .stdin(Stdio::null())
+        .output()?;
+    if out.stdout != b"hello\n" {
+        bail!("echo printed {:?}", out.stdout);
+    }
+    Ok(())
+}
+
+/// The floor: `/bin/echo` spawned directly, `threads` at a time, for `duration`.
+fn direct_spawn(threads: usize, duration: Duration) -> anyhow::Result<Figures> {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+                let mut samples = Vec::new();
+                while start.elapsed() < duration {
+                    let t = Instant::now();
+                    spawn_echo()?;
+                    samples.push(t.elapsed());
+                }
+                Ok(samples)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a spawn thread panicked"))??,
+        );
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    Ok(Figures {
+        name: format!("direct spawn of /bin/echo, {threads} thread(s)"),
+        p50_us: percentile(&all, 50.0),
+        p99_us: percentile(&all, 99.0),
+        rate: all.len() as f64 / elapsed.as_secs_f64(),
+    })
+}
+
+/// An HTTP response: status, headers (names lowercased), body.
+type Response = (u16, Vec<(String, String)>, String);
+
+/// A plain HTTP/1.1 POST to `/mcp`.
+fn post(addr: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<Response> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("status line")?;
+    let mut hdrs = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            hdrs.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    Ok((status, hdrs, rest))
+}
+
+/// Opens an MCP session (initialize + initialized) and returns its id.
+fn open_session(addr: &str) -> anyhow::Result<String> {
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
+    let (status, headers, body) = post(addr, &[], init)?;
+    if status != 200 {
+        bail!("initialize got {status}: {body}");
+    }
+    let sid = headers
+        .iter()
+        .find(|(k, _)| k == "mcp-session-id")
+        .map(|(_, v)| v.clone())
+        .context("no Mcp-Session-Id in the initialize response")?;
+    let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let (status, _, body) = post(
+        addr,
+        &[
+            ("Mcp-Session-Id", &sid),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ],
+        note,
+    )?;
+    if status != 202 && status != 200 {
+        bail!("notifications/initialized got {status}: {body}");
+    }
+    Ok(sid)
+}
+
+/// Drives `tools/call echo` with wrk: `clients` connections, each its own session.
+fn wrk(name: &str, addr: &str, clients: usize, duration: Duration) -> anyhow::Result<Figures> {
+    let sessions = (0..clients)
+        .map(|_| open_session(addr))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let script = workspace().join("bench/wrk_mcp.lua");
+    let out = Command::new("wrk")
+        .arg(format!("-t{clients}"))
+        .arg(format!("-c{clients}"))
+        .arg(format!("-d{}s", duration.as_secs()))
+        .arg("--latency")
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("http://{addr}/mcp"))
+        .arg("--")
+        .args(&sessions)
+        .output()
+        .context("run wrk (cargo xtask bench installs it)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .with_context(|| {
+            format!(
+                "wrk printed no result:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let requests = v["requests"].as_f64().unwrap_or(0.0);
+    let failures = v["failures"].as_u64().unwrap_or(0) + v["errors"].as_u64().unwrap_or(0);
+    if failures > 0 || requests == 0.0 {
+        bail!("{name}: {failures} failed responses of {requests}");
+    }
+    Ok(Figures {
+        name: format!("{name}, {clients} client(s)"),
+        p50_us: v["p50_us"].as_f64().unwrap_or(0.0),
+        p99_us: v["p99_us"].as_f64().unwrap_or(0.0),
+        rate: requests / (v["duration_us"].as_f64().unwrap_or(1.0) / 1e6),
+    })
+}
+
+/// A server process, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(addr: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {addr}")
+}
+
+fn start_mcpfier(dir: &Path) -> anyhow::Result<(Server, String)> {
+    let config = dir.join("bench.yaml");
+    std::fs::write(
+        &config,
+        "server: {max_concurrency: 64}\ntools:\n  - name: echo\n    description: Echo a message\n    command: [/bin/echo, '{{msg}}']\n    params: {msg: {type: string}}\n",
+    )?;
+    let log = dir.join("mcpfier.log");
+    let child = Command::new(workspace().join("target/release/mcpfier"))
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--log",
+            "warn,mcpfier_coordinator::http=info",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("start target/release/mcpfier")?;
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(i) = text.find("serving MCP at http://") {
+            let rest = &text[i + "serving MCP at http://".len()..];
+            let addr = rest[..rest.find("/mcp").context("log line")?].to_owned();
+            return Ok((server, addr));
+        }
+        if Instant::now() > deadline {
+            bail!("mcpfier did not start:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start_python(mode: &str) -> anyhow::Result<(Server, String)> {
+    let python = std::env::var("MCPFIER_BENCH_PYTHON")
+        .context("MCPFIER_BENCH_PYTHON is not set: run `cargo xtask bench`")?;
+    let port = free_port()?;
+    let child = Command::new(python)
+        .arg(workspace().join("bench/py_echo_server.py"))
+        .arg(port.to_string())
+        .arg(mode)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start the Python MCP server")?;
+    let server = Server(child);
+    let addr = format!("127.0.0.1:{port}");
+    wait_for_port(&addr)?;
+    Ok((server, addr))
+}
+
+fn print(f: &Figures) {
+    println!(
+        "  {:<58} p50 {:>8.2} ms   p99 {:>8.2} ms   {:>7.0} calls/s",
+        f.name,
+        f.p50_us / 1000.0,
+        f.p99_us / 1000.0,
+        f.rate
+    );
+}
+
+fn main() -> anyhow::Result<()> {
+    let secs: u64 = std::env::args()
+        .skip_while(|a| a != "--seconds")
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()
+        .context("--seconds takes a whole number")?
+        .unwrap_or(10);
+    let duration = Duration::from_secs(secs);
+    let dir = tempfile::tempdir()?;
+    println!(
+        "mcpfier benchmark: {secs} s per measurement, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let floor1 = direct_spawn(1, duration)?;
+    let floor8 = direct_spawn(8, duration)?;
+    let (mcpfier, addr) = start_mcpfier(dir.path())?;
+    let m1 = wrk("mcpfier serve, tools/call echo", &addr, 1, duration)?;
+    let m8 = wrk("mcpfier serve, tools/call echo", &addr, 8, duration)?;
+    drop(mcpfier);
+    let (python, paddr) = start_python("async")?;
+    let p1 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 1, duration)?;
+    let p8 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 8, duration)?;
+    drop(python);
+    let (python, paddr) = start_python("sync")?;
+    let s1 = wrk("Python SDK MCPServer (subprocess.run)", &paddr, 1, duration)?;
+    let s8 = wrk("Python SDK MCPServer (subprocess.run)", &paddr, 8, duration)?;
+    drop(python);
+
+    println!("\nresults");
+    for f in [&floor1, &floor8, &m1, &m8, &p1, &p8, &s1, &s8] {
+        print(f);
+    }
+    println!("\nratios (target)");
+    println!(
+        "  mcpfier sequential p50 / direct spawn p50        {:>6.2}x   (<= 1.5x)",
+        m1.p50_us / floor1.p50_us
+    );
+    println!(
+        "  mcpfier 8 clients calls/s / direct spawn 8 threads {:>4.0}%    (>= 80%)",
+        100.0 * m8.rate / floor8.rate
+    );
+    println!(
+        "  mcpfier 8 clients calls/s / Python asyncio 8 clients {:>6.2}x   (>= 6x)",
+        m8.rate / p8.rate
+    );
+    println!(
+        "  mcpfier 8 clients calls/s / Python subprocess.run 8 clients {:>6.2}x",
+        m8.rate / s8.rate
+    );
+    println!(
+        "  direct spawn 8 threads / Python asyncio 8 clients {:>6.2}x   (the most any server can reach)",
+        floor8.rate / p8.rate
+    );
+    println!(
+        "  mcpfier sequential p50 / Python asyncio p50      {:>6.2}x",
+        m1.p50_us / p1.p50_us
+    );
+    Ok(())
+}

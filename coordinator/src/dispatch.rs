@@ -94,3 +94,68 @@ async fn acquire(
         () = cancel.cancelled() => Err(Error::Cancelled),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::time::Instant;
+
+    use super::*;
+
+    fn dispatcher(yaml: &str) -> Dispatcher {
+        let catalog = crate::config::parse(yaml, Path::new("t.yaml"), &HashMap::new()).unwrap();
+        Dispatcher::new(Arc::new(catalog))
+    }
+
+    #[tokio::test]
+    async fn a_full_tool_fails_within_its_timeout_with_a_clear_error() {
+        let d = dispatcher(
+            "tools:\n  - {name: t, command: [/bin/true], concurrency: 1, timeout: 300ms}\n",
+        );
+        let tool = d.catalog().tool("t").unwrap().clone();
+        let _held = tool.slots.clone().unwrap().acquire_owned().await.unwrap();
+        let exec = tool.prepare(None).unwrap();
+        let started = Instant::now();
+        let err = d
+            .run(&tool, &exec, None, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(err, Error::ToolBusy { limit: 1, .. }), "{err}");
+        assert!(err.to_string().contains("tool `t` is busy"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_full_server_fails_with_a_clear_error() {
+        let d = dispatcher(
+            "server: {max_concurrency: 1}\ntools:\n  - {name: t, command: [/bin/true], timeout: 300ms}\n",
+        );
+        let _held = d
+            .catalog()
+            .global_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap();
+        let tool = d.catalog().tool("t").unwrap().clone();
+        let exec = tool.prepare(None).unwrap();
+        let err = d
+            .run(&tool, &exec, None, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("server.max_concurrency"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_free_slot_lets_the_call_run() {
+        let d = dispatcher("tools:\n  - {name: t, command: [/bin/echo, hi], concurrency: 1}\n");
+        let tool = d.catalog().tool("t").unwrap().clone();
+        let exec = tool.prepare(None).unwrap();
+        let out = d
+            .run(&tool, &exec, None, CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"hi\n");
+    }
+}

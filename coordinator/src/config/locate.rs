@@ -93,12 +93,14 @@ impl MarkedEventReceiver for Walker {
         let line = mark.line();
         match ev {
             Event::Scalar(text, ..) => {
-                if self.begin_node(Some(&text), line).is_some() {
+                let is_value = self.begin_node(Some(&text), line).is_some();
+                if is_value {
                     self.end_node();
                 }
             }
             Event::Alias(_) => {
-                if self.begin_node(None, line).is_some() {
+                let is_value = self.begin_node(None, line).is_some();
+                if is_value {
                     self.end_node();
                 }
             }
