@@ -128,11 +128,12 @@ pub async fn run(
     {
         return Err(Error::Workdir(dir.clone()));
     }
-    let path = exec
-        .env
-        .iter()
-        .find(|v| v.name == "PATH")
-        .map_or(DEFAULT_PATH, |v| v.value.as_str());
+    let path_var = exec.env.iter().find(|v| v.name == "PATH");
+    let path = path_var.map_or(DEFAULT_PATH, |v| v.value.as_str());
+    let path_shown = match path_var {
+        Some(v) if v.secret => "(the tool's PATH, a secret)",
+        _ => path,
+    };
 
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&exec.argv[1..])
@@ -151,7 +152,7 @@ pub async fn run(
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|source| Error::Spawn {
         program: program.clone(),
-        path: path.to_owned(),
+        path: path_shown.to_owned(),
         source,
     })?;
     let mut group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
@@ -453,6 +454,22 @@ mod tests {
         .to_string();
         assert!(err.contains("/nonexistent/tool"), "{err}");
         assert!(err.contains("absolute path"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_spawn_error_does_not_show_a_secret_path() {
+        let mut e = exec(&["no-such-program-xyz"]);
+        e.env.push(EnvVar {
+            name: "PATH".into(),
+            value: "/opt/secret-token-dir".into(),
+            secret: true,
+        });
+        let err = run(&e, None, CancellationToken::new())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no-such-program-xyz"), "{err}");
+        assert!(!err.contains("secret-token-dir"), "{err}");
     }
 
     #[test]

@@ -166,7 +166,17 @@ impl ServerHandler for Server {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let span = tracing::info_span!("call", request_id = %context.id, tool = %request.name);
+        let client = context
+            .peer
+            .peer_info()
+            .map(|info| info.client_info.name.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "call",
+            request_id = %context.id,
+            tool = %request.name,
+            client = %client
+        );
         self.call(request, context)
             .instrument(span)
             .await
