@@ -71,6 +71,15 @@ pub struct Chunk {
     pub data: Vec<u8>,
 }
 
+/// What a run reports while it goes.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The process group exists; `pid` is its leader (and the group id).
+    Started { pid: u32 },
+    /// Output within the cap.
+    Output(Chunk),
+}
+
 /// What a finished run produced.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
@@ -115,11 +124,11 @@ pub enum Error {
 
 /// Runs `exec` to completion, timeout or cancellation.
 ///
-/// Output within the caps is sent to `output` as it arrives (when given). A non-zero exit is an
-/// [`Outcome`], not an error; errors mean nothing ran.
+/// When `events` is given, it gets [`Event::Started`] and then output within the caps as it
+/// arrives. A non-zero exit is an [`Outcome`], not an error; errors mean nothing ran.
 pub async fn run(
     exec: &Execution,
-    output: Option<UnboundedSender<Chunk>>,
+    events: Option<UnboundedSender<Event>>,
     cancel: CancellationToken,
 ) -> Result<Outcome, Error> {
     let program = exec.argv.first().ok_or(Error::EmptyCommand)?;
@@ -156,6 +165,9 @@ pub async fn run(
         source,
     })?;
     let mut group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+    if let (Some(tx), Some(pid)) = (&events, child.id()) {
+        let _ = tx.send(Event::Started { pid });
+    }
 
     let stop_reading = CancellationToken::new();
     let stdout = child.stdout.take().expect("stdout was piped");
@@ -164,14 +176,14 @@ pub async fn run(
         stdout,
         Stream::Stdout,
         exec.max_output,
-        output.clone(),
+        events.clone(),
         stop_reading.clone(),
     ));
     let err_task = tokio::spawn(read_capped(
         stderr,
         Stream::Stderr,
         exec.max_output,
-        output,
+        events,
         stop_reading.clone(),
     ));
 
@@ -256,7 +268,7 @@ async fn read_capped(
     mut reader: impl AsyncRead + Unpin,
     stream: Stream,
     max: u64,
-    output: Option<UnboundedSender<Chunk>>,
+    output: Option<UnboundedSender<Event>>,
     stop: CancellationToken,
 ) -> Captured {
     let mut captured = Captured::default();
@@ -277,10 +289,10 @@ async fn read_capped(
         if keep > 0 {
             captured.data.extend_from_slice(&buf[..keep]);
             if let Some(tx) = &output {
-                let _ = tx.send(Chunk {
+                let _ = tx.send(Event::Output(Chunk {
                     stream,
                     data: buf[..keep].to_vec(),
-                });
+                }));
             }
         }
         // Past the cap the bytes are read and dropped, so the child never blocks on a full pipe.
@@ -434,9 +446,14 @@ mod tests {
         .await
         .unwrap();
         let mut seen = vec![];
-        while let Ok(chunk) = rx.try_recv() {
-            seen.push((chunk.stream, chunk.data));
+        let mut started = false;
+        while let Ok(event) = rx.try_recv() {
+            match event {
+                Event::Started { pid } => started = pid > 0 && seen.is_empty(),
+                Event::Output(chunk) => seen.push((chunk.stream, chunk.data)),
+            }
         }
+        assert!(started, "Started comes first, with the pid");
         assert!(seen.contains(&(Stream::Stdout, b"a\n".to_vec())));
         assert!(seen.contains(&(Stream::Stderr, b"b\n".to_vec())));
         assert_eq!(out.exit_code, Some(0));

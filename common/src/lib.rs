@@ -1,7 +1,9 @@
-//! Types that both the coordinator and the agent read from their config files: byte sizes and
+//! What both the coordinator and the agent need: mutual-TLS identities ([`tls`]), and byte sizes and
 //! durations written the way people write them (`1MiB`, `30s`).
 
 #![forbid(unsafe_code)]
+
+pub mod tls;
 
 use std::fmt;
 use std::str::FromStr;

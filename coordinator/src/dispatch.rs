@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcpfier_agent::exec::{self, Chunk, Execution, Outcome};
+use mcpfier_agent::exec::{self, Event, Execution, Outcome};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc::UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +52,7 @@ impl Dispatcher {
         &self,
         tool: &Tool,
         exec: &Execution,
-        output: Option<UnboundedSender<Chunk>>,
+        output: Option<UnboundedSender<Event>>,
         cancel: CancellationToken,
     ) -> Result<Outcome, Error> {
         let deadline = tokio::time::Instant::now() + tool.timeout;

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod certs;
 pub mod config;
 pub mod dispatch;
 pub mod http;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser};
-use mcpfier_agent::exec::Stream;
+use mcpfier_agent::exec::{Event, Stream};
 use mcpfier_coordinator::catalog::{Catalog, Tool};
 use mcpfier_coordinator::config::{self, ParamType};
 use mcpfier_coordinator::dispatch::Dispatcher;
@@ -168,9 +168,10 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
             };
             let tool = tool.clone();
             let dispatcher = Dispatcher::new(catalog);
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<mcpfier_agent::exec::Chunk>();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
             let printer = tokio::spawn(async move {
-                while let Some(chunk) = rx.recv().await {
+                while let Some(event) = rx.recv().await {
+                    let Event::Output(chunk) = event else { continue };
                     let _ = match chunk.stream {
                         Stream::Stdout => std::io::stdout().lock().write_all(&chunk.data),
                         Stream::Stderr => std::io::stderr().lock().write_all(&chunk.data),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mcpfier_agent::exec::{Chunk, Outcome};
+use mcpfier_agent::exec::{Event, Outcome};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
@@ -257,7 +257,7 @@ impl Server {
 
 /// Sends output as progress notifications, at most one per [`PROGRESS_INTERVAL`].
 async fn forward_progress(
-    mut rx: mpsc::UnboundedReceiver<Chunk>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
     peer: Peer<RoleServer>,
     token: ProgressToken,
 ) {
@@ -268,7 +268,8 @@ async fn forward_progress(
         let flush_at = last_sent + PROGRESS_INTERVAL;
         let closed = tokio::select! {
             chunk = rx.recv() => match chunk {
-                Some(c) => { pending.extend_from_slice(&c.data); false }
+                Some(Event::Output(c)) => { pending.extend_from_slice(&c.data); false }
+                Some(Event::Started { .. }) => false,
                 None => true,
             },
             () = tokio::time::sleep_until(flush_at), if !pending.is_empty() => false,

@@ -1,0 +1,171 @@
+//! The calls an agent knows, by call id: running ones and, for a while, finished ones.
+//!
+//! Every event of a call is kept in order, so a repeated `Execute` with the same call id
+//! replays what happened and follows the rest instead of running the command again. When the
+//! last stream following a running call goes away, the call is cancelled: a coordinator that
+//! dropped its stream leaves nothing running.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use mcpfier_proto::v1::{self, ExecuteEvent, execute_event::Event};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How long a finished call is remembered for attaching.
+pub const RETAIN_FINISHED: Duration = Duration::from_secs(600);
+
+/// One call's record.
+pub struct Call {
+    log: Mutex<Log>,
+    version: watch::Sender<u64>,
+    /// Cancelled by `Cancel`, or when the last follower goes away.
+    pub cancel: CancellationToken,
+    followers: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Log {
+    events: Vec<ExecuteEvent>,
+    finished_at: Option<Instant>,
+}
+
+impl Call {
+    fn new() -> Arc<Call> {
+        Arc::new(Call {
+            log: Mutex::new(Log::default()),
+            version: watch::channel(0).0,
+            cancel: CancellationToken::new(),
+            followers: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends an event for followers.
+    pub fn push(&self, event: Event) {
+        let mut log = self.lock();
+        if log.finished_at.is_some() {
+            return;
+        }
+        if matches!(event, Event::Finished(_)) {
+            log.finished_at = Some(Instant::now());
+        }
+        log.events.push(ExecuteEvent { event: Some(event) });
+        drop(log);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.lock().finished_at.is_some()
+    }
+
+    /// The call's events from index `from` on, then the rest as they come; ends after the
+    /// final event.
+    pub fn follow(
+        self: &Arc<Self>,
+        from: usize,
+    ) -> impl Stream<Item = Result<ExecuteEvent, tonic::Status>> + Send + 'static {
+        self.followers.fetch_add(1, Ordering::SeqCst);
+        let follower = Follower(self.clone());
+        let rx = self.version.subscribe();
+        futures::stream::unfold((follower, from, rx), |(follower, next, mut rx)| async move {
+            loop {
+                {
+                    let log = follower.0.lock();
+                    if let Some(event) = log.events.get(next) {
+                        let event = event.clone();
+                        drop(log);
+                        return Some((Ok(event), (follower, next + 1, rx)));
+                    }
+                    if log.finished_at.is_some() {
+                        return None;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+    }
+}
+
+/// Counts a stream following a call; the last one to go cancels a running call.
+struct Follower(Arc<Call>);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if self.0.followers.fetch_sub(1, Ordering::SeqCst) == 1 && !self.0.is_finished() {
+            self.0.cancel.cancel();
+        }
+    }
+}
+
+/// All calls, and how many are running.
+#[derive(Default)]
+pub struct Calls {
+    map: Mutex<HashMap<String, Arc<Call>>>,
+}
+
+/// What `Calls::start` found.
+pub enum Start {
+    /// A new call, to be run by the caller.
+    New(Arc<Call>),
+    /// A call with that id exists already.
+    Existing(Arc<Call>),
+    /// No room: `running` calls are already running.
+    Full { running: usize },
+}
+
+impl Calls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Call>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Finds the call `id` or, when there is room for one more, registers it with its
+    /// `Accepted` event.
+    pub fn start(&self, id: &str, capacity: usize, accepted: v1::Accepted) -> Start {
+        let mut map = self.lock();
+        if let Some(call) = map.get(id) {
+            return Start::Existing(call.clone());
+        }
+        let running = map.values().filter(|c| !c.is_finished()).count();
+        if running >= capacity {
+            return Start::Full { running };
+        }
+        let call = Call::new();
+        call.push(Event::Accepted(accepted));
+        map.insert(id.to_owned(), call.clone());
+        Start::New(call)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Call>> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Calls not finished yet.
+    pub fn running(&self) -> usize {
+        self.lock().values().filter(|c| !c.is_finished()).count()
+    }
+
+    /// Cancels every running call (shutdown).
+    pub fn cancel_all(&self) {
+        for call in self.lock().values() {
+            call.cancel.cancel();
+        }
+    }
+
+    /// Forgets calls that finished more than `RETAIN_FINISHED` ago.
+    pub fn evict_old(&self) {
+        self.lock().retain(|_, call| {
+            call.lock()
+                .finished_at
+                .is_none_or(|at| at.elapsed() < RETAIN_FINISHED)
+        });
+    }
+}

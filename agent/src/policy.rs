@@ -1,0 +1,152 @@
+//! The agent's own limits: what a coordinator may make it run, whatever the coordinator's
+//! config says (defence in depth).
+
+use std::time::Duration;
+
+use mcpfier_common::{ByteSize, HumanDuration};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The `policy` section of `agent.yaml`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Tool names this agent runs: globs with `*` (any run of characters) and `?` (one).
+    #[serde(default = "all_tools")]
+    pub allow_tools: Vec<String>,
+    /// Whether local processes may run (default true).
+    #[serde(default = "yes")]
+    pub allow_local: bool,
+    /// Longest timeout a call may ask for (default 10m).
+    #[serde(default = "default_max_timeout")]
+    pub max_timeout: HumanDuration,
+    /// Largest output cap a call may ask for, per stream (default 16MiB).
+    #[serde(default = "default_max_output")]
+    pub max_output: ByteSize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            allow_tools: all_tools(),
+            allow_local: true,
+            max_timeout: default_max_timeout(),
+            max_output: default_max_output(),
+        }
+    }
+}
+
+fn all_tools() -> Vec<String> {
+    vec!["*".into()]
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_max_output() -> ByteSize {
+    ByteSize(16 << 20)
+}
+
+/// Why the policy refused a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("tool `{tool}` is not in this agent's allow_tools ({allowed})")]
+    Tool { tool: String, allowed: String },
+    #[error("this agent does not run local processes (allow_local: false)")]
+    Local,
+    #[error("the call asks for a {asked} timeout; this agent allows at most {max} (max_timeout)")]
+    Timeout { asked: String, max: String },
+    #[error("the call asks to keep {asked} of output; this agent allows at most {max} (max_output)")]
+    Output { asked: String, max: String },
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run and `?` one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+impl Policy {
+    /// Checks a local-process call.
+    pub fn check(&self, tool: &str, timeout: Duration, max_output: u64) -> Result<(), Refusal> {
+        if !self.allow_tools.iter().any(|g| glob_match(g, tool)) {
+            return Err(Refusal::Tool {
+                tool: tool.to_owned(),
+                allowed: self.allow_tools.join(", "),
+            });
+        }
+        if !self.allow_local {
+            return Err(Refusal::Local);
+        }
+        if timeout > self.max_timeout.get() {
+            return Err(Refusal::Timeout {
+                asked: humantime::format_duration(timeout).to_string(),
+                max: self.max_timeout.to_string(),
+            });
+        }
+        if max_output > self.max_output.bytes() {
+            return Err(Refusal::Output {
+                asked: ByteSize(max_output).to_string(),
+                max: self.max_output.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_like_shell_globs() {
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("build-*", "build-linux"));
+        assert!(!glob_match("build-*", "deploy"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(glob_match("*lint*", "py-lint-fast"));
+        assert!(!glob_match("", "x"));
+        assert!(glob_match("", ""));
+    }
+
+    #[test]
+    fn each_limit_refuses_with_its_name() {
+        let p = Policy {
+            allow_tools: vec!["safe-*".into()],
+            ..Policy::default()
+        };
+        let ten = Duration::from_secs(10);
+        assert!(p.check("safe-ls", ten, 1024).is_ok());
+        assert!(matches!(p.check("rm", ten, 1024), Err(Refusal::Tool { .. })));
+        let err = p.check("safe-ls", Duration::from_secs(3600), 1024).unwrap_err();
+        assert!(err.to_string().contains("max_timeout"), "{err}");
+        let err = p.check("safe-ls", ten, 1 << 30).unwrap_err();
+        assert!(err.to_string().contains("max_output"), "{err}");
+        let local = Policy {
+            allow_local: false,
+            ..Policy::default()
+        };
+        assert_eq!(local.check("x", ten, 1), Err(Refusal::Local));
+    }
+}

@@ -1,0 +1,111 @@
+//! The agent's listener: TCP, then a TLS 1.3 handshake that requires a coordinator-role client
+//! certificate, then gRPC. The TLS configuration can be swapped at run time (SIGHUP reloads
+//! the certificate files) without dropping established connections.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use mcpfier_common::tls::{self, Role, TlsFiles};
+use mcpfier_proto::v1::agent_server::AgentServer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::service::AgentService;
+
+/// How long a client gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS configuration in force, replaceable while serving.
+#[derive(Clone)]
+pub struct TlsState {
+    files: TlsFiles,
+    current: Arc<RwLock<Arc<ServerConfig>>>,
+}
+
+impl TlsState {
+    /// Loads the files; fails if they are unusable.
+    pub fn load(files: TlsFiles) -> anyhow::Result<Self> {
+        let config = Self::build(&files)?;
+        Ok(Self {
+            files,
+            current: Arc::new(RwLock::new(config)),
+        })
+    }
+
+    fn build(files: &TlsFiles) -> anyhow::Result<Arc<ServerConfig>> {
+        let material = tls::load(files)?;
+        Ok(tls::server_config(&material, Role::Coordinator)?)
+    }
+
+    /// Reads the files again; on failure the old configuration stays in force.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let config = Self::build(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// Binds `listen`; returns the listener and the address it got (for port 0).
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    let local = listener.local_addr().context("read the bound address")?;
+    Ok((listener, local))
+}
+
+/// Serves gRPC over mutual TLS until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    tls: TlsState,
+    service: AgentService,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let accept_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = accept_shutdown.cancelled() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
+                    }
+                    Ok(Err(e)) => warn!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => warn!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    info!("serving gRPC over mutual TLS");
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(AgentServer::new(service))
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown.cancelled())
+        .await
+        .context("serve gRPC")
+}
