@@ -74,24 +74,27 @@ impl Call {
         self.followers.fetch_add(1, Ordering::SeqCst);
         let follower = Follower(self.clone());
         let rx = self.version.subscribe();
-        futures::stream::unfold((follower, from, rx), |(follower, next, mut rx)| async move {
-            loop {
-                {
-                    let log = follower.0.lock();
-                    if let Some(event) = log.events.get(next) {
-                        let event = event.clone();
-                        drop(log);
-                        return Some((Ok(event), (follower, next + 1, rx)));
+        futures::stream::unfold(
+            (follower, from, rx),
+            |(follower, next, mut rx)| async move {
+                loop {
+                    {
+                        let log = follower.0.lock();
+                        if let Some(event) = log.events.get(next) {
+                            let event = event.clone();
+                            drop(log);
+                            return Some((Ok(event), (follower, next + 1, rx)));
+                        }
+                        if log.finished_at.is_some() {
+                            return None;
+                        }
                     }
-                    if log.finished_at.is_some() {
+                    if rx.changed().await.is_err() {
                         return None;
                     }
                 }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
-            }
-        })
+            },
+        )
     }
 }
 

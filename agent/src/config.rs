@@ -49,17 +49,22 @@ pub struct Loaded {
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read the agent config {}", path.display()))?;
-    let config: AgentConfig =
-        serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(&text)).map_err(|e| {
-            let at = e.path().to_string();
-            let inner = e.into_inner();
-            let line = inner
-                .location()
-                .map(|l| format!(":{}", l.line()))
-                .unwrap_or_default();
-            anyhow::anyhow!("{}{line}: {at}: {inner}", path.display())
-        })?;
-    let base = path.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."));
+    let config: AgentConfig = serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(
+        &text,
+    ))
+    .map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner
+            .location()
+            .map(|l| format!(":{}", l.line()))
+            .unwrap_or_default();
+        anyhow::anyhow!("{}{line}: {at}: {inner}", path.display())
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."));
     let mut problems = Vec::new();
     if !valid_name(&config.id) {
         problems.push(format!(

@@ -19,11 +19,18 @@ use tracing::{error, info};
 /// Runs mcpfier tool calls for coordinators (gRPC over mutual TLS).
 #[derive(Debug, Parser)]
 #[command(name = "mcpfier-agent", version, about)]
-#[command(after_help = "Example:\n  mcpfier-agent --config /etc/mcpfier/agent.yaml\n\n\
-Signals: SIGTERM or SIGINT stops it (running calls are killed); SIGHUP reloads the TLS files.")]
+#[command(
+    after_help = "Example:\n  mcpfier-agent --config /etc/mcpfier/agent.yaml\n\n\
+Signals: SIGTERM or SIGINT stops it (running calls are killed); SIGHUP reloads the TLS files."
+)]
 struct Cli {
     /// The agent config file.
-    #[arg(long, short, value_name = "FILE", default_value = "/etc/mcpfier/agent.yaml")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "/etc/mcpfier/agent.yaml"
+    )]
     config: PathBuf,
     /// Log filter, e.g. `debug` (logs go to stderr). Also $MCPFIER_LOG.
     #[arg(long, value_name = "FILTER")]

@@ -58,7 +58,9 @@ pub enum Refusal {
     Local,
     #[error("the call asks for a {asked} timeout; this agent allows at most {max} (max_timeout)")]
     Timeout { asked: String, max: String },
-    #[error("the call asks to keep {asked} of output; this agent allows at most {max} (max_output)")]
+    #[error(
+        "the call asks to keep {asked} of output; this agent allows at most {max} (max_output)"
+    )]
     Output { asked: String, max: String },
 }
 
@@ -138,8 +140,13 @@ mod tests {
         };
         let ten = Duration::from_secs(10);
         assert!(p.check("safe-ls", ten, 1024).is_ok());
-        assert!(matches!(p.check("rm", ten, 1024), Err(Refusal::Tool { .. })));
-        let err = p.check("safe-ls", Duration::from_secs(3600), 1024).unwrap_err();
+        assert!(matches!(
+            p.check("rm", ten, 1024),
+            Err(Refusal::Tool { .. })
+        ));
+        let err = p
+            .check("safe-ls", Duration::from_secs(3600), 1024)
+            .unwrap_err();
         assert!(err.to_string().contains("max_timeout"), "{err}");
         let err = p.check("safe-ls", ten, 1 << 30).unwrap_err();
         assert!(err.to_string().contains("max_output"), "{err}");

@@ -51,7 +51,12 @@ impl TlsState {
     }
 
     fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        TlsAcceptor::from(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 

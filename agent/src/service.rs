@@ -37,9 +37,10 @@ impl AgentService {
 
 fn refused(code: tonic::Code, kind: &'static str, message: String) -> Status {
     let mut status = Status::new(code, message);
-    status
-        .metadata_mut()
-        .insert(ERROR_KIND, tonic::metadata::MetadataValue::from_static(kind));
+    status.metadata_mut().insert(
+        ERROR_KIND,
+        tonic::metadata::MetadataValue::from_static(kind),
+    );
     status
 }
 
@@ -67,9 +68,17 @@ impl agent_server::Agent for AgentService {
             ));
         }
         let exec = wire::execution(&req).map_err(|why| {
-            refused(tonic::Code::InvalidArgument, "invalid", format!("invalid execution: {why}"))
+            refused(
+                tonic::Code::InvalidArgument,
+                "invalid",
+                format!("invalid execution: {why}"),
+            )
         })?;
-        if let Err(refusal) = self.config.policy.check(&req.tool, exec.timeout, exec.max_output) {
+        if let Err(refusal) = self
+            .config
+            .policy
+            .check(&req.tool, exec.timeout, exec.max_output)
+        {
             warn!(call_id = %req.call_id, tool = %req.tool, %refusal, "refused by policy");
             return Err(refused(
                 tonic::Code::PermissionDenied,

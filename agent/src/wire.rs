@@ -10,7 +10,12 @@ use mcpfier_proto::v1;
 use crate::exec::{EnvVar, Execution, Outcome};
 
 /// The protocol request for `exec`.
-pub fn request(exec: &Execution, call_id: &str, request_id: &str, tool: &str) -> v1::ExecuteRequest {
+pub fn request(
+    exec: &Execution,
+    call_id: &str,
+    request_id: &str,
+    tool: &str,
+) -> v1::ExecuteRequest {
     v1::ExecuteRequest {
         call_id: call_id.to_owned(),
         request_id: request_id.to_owned(),

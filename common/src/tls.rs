@@ -192,7 +192,11 @@ pub fn load(files: &TlsFiles) -> Result<Material, Error> {
         .collect::<Result<_, _>>()
         .map_err(|e| read_err("the CA certificate", &files.ca, e))?;
     if cas.is_empty() {
-        return Err(read_err("the CA certificate", &files.ca, "no certificate in the file"));
+        return Err(read_err(
+            "the CA certificate",
+            &files.ca,
+            "no certificate in the file",
+        ));
     }
     for ca in cas {
         roots
@@ -361,9 +365,10 @@ impl ServerCertVerifier for IdentityServerVerifier {
 /// A TLS 1.3 server config that requires a client certificate with role `accept`.
 pub fn server_config(material: &Material, accept: Role) -> Result<Arc<ServerConfig>, Error> {
     let provider = provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(material.roots.clone(), provider.clone())
-        .build()
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let inner =
+        WebPkiClientVerifier::builder_with_provider(material.roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
     let verifier = Arc::new(RoleClientVerifier {
         inner,
         role: accept,
@@ -381,19 +386,36 @@ pub fn server_config(material: &Material, accept: Role) -> Result<Arc<ServerConf
 /// A TLS 1.3 client config that presents this side's certificate and accepts only a server
 /// that is exactly `expected`.
 pub fn client_config(material: &Material, expected: Identity) -> Result<Arc<ClientConfig>, Error> {
+    client_config_from(
+        material.roots.clone(),
+        Some((material.chain.clone(), material.key.clone_key())),
+        expected,
+    )
+}
+
+/// Like [`client_config`], from parts; `cert` is `None` for a client without a certificate.
+pub fn client_config_from(
+    roots: Arc<RootCertStore>,
+    cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    expected: Identity,
+) -> Result<Arc<ClientConfig>, Error> {
     let provider = provider();
     let verifier = Arc::new(IdentityServerVerifier {
-        roots: material.roots.clone(),
+        roots,
         algorithms: provider.signature_verification_algorithms,
         expected,
     });
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Config(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(material.chain.clone(), material.key.clone_key())
-        .map_err(|e| Error::Config(format!("the certificate and key do not fit: {e}")))?;
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match cert {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| Error::Config(format!("the certificate and key do not fit: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

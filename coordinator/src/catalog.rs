@@ -6,17 +6,20 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
 use mcpfier_agent::exec::{DEFAULT_KILL_GRACE, EnvVar, Execution};
+use mcpfier_common::tls::{Role, TlsFiles};
 use regex::Regex;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
-use crate::config::{Annotations, CommandElement, Config, ParamType, Problem, ServerSection};
+use crate::config::{
+    AgentEntry, Annotations, CommandElement, Config, ParamType, Problem, ServerSection,
+};
 use crate::params::{self, ArgError, CompiledParam};
 use crate::template::{self, Arg, Element};
 
@@ -25,9 +28,21 @@ use crate::template::{self, Arg, Element};
 pub struct Catalog {
     pub server: ServerSection,
     pub listen: SocketAddr,
+    /// The fleet to run calls on; `None` runs them in this process.
+    pub fleet: Option<FleetSettings>,
     pub tools: IndexMap<String, Arc<Tool>>,
     /// Bounds calls running at once across all tools (`server.max_concurrency`).
     pub global_slots: Arc<Semaphore>,
+}
+
+/// A checked `fleet` section.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// TLS files with paths resolved against the config file's directory.
+    pub tls: TlsFiles,
+    pub agents: Vec<AgentEntry>,
+    pub health_interval: Duration,
+    pub connect_timeout: Duration,
 }
 
 /// One tool, ready to turn arguments into an [`Execution`].
@@ -48,6 +63,15 @@ pub struct Tool {
     /// Bounds this tool's calls running at once (`concurrency`), when set.
     pub slots: Option<Arc<Semaphore>>,
     pub input_schema: Arc<Map<String, Value>>,
+    /// Labels an agent needs to run this tool (fleet mode).
+    pub placement: BTreeMap<String, String>,
+}
+
+impl Tool {
+    /// Whether a retry after an agent was lost is allowed (`annotations.idempotent`).
+    pub fn idempotent(&self) -> bool {
+        self.annotations.idempotent == Some(true)
+    }
 }
 
 impl Tool {
@@ -136,8 +160,16 @@ fn resolve_secrets(value: &str, env: &HashMap<String, String>) -> Result<(String
 
 impl Catalog {
     /// Checks `config` and builds the catalog, or returns every problem found.
-    pub fn build(config: Config, env: &HashMap<String, String>) -> Result<Catalog, Vec<Problem>> {
+    pub fn build(
+        config: Config,
+        base: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Catalog, Vec<Problem>> {
         let mut problems = Vec::new();
+        let fleet = config
+            .fleet
+            .as_ref()
+            .map(|f| build_fleet(f, base, &mut problems));
         let listen = match config.server.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -183,6 +215,12 @@ impl Catalog {
                     format!("a tool named `{}` is already defined", section.name),
                 ));
             }
+            if section.placement.is_some() && config.fleet.is_none() {
+                problems.push(Problem::new(
+                    format!("{at}.placement"),
+                    "placement needs a `fleet` section: without one, every call runs in this process",
+                ));
+            }
             if let Some(tool) = build_tool(section, &at, env, &mut problems) {
                 tools.insert(tool.name.clone(), Arc::new(tool));
             }
@@ -192,6 +230,7 @@ impl Catalog {
                 global_slots: Arc::new(Semaphore::new(config.server.max_concurrency)),
                 server: config.server,
                 listen,
+                fleet,
                 tools,
             }),
             _ => Err(problems),
@@ -201,6 +240,70 @@ impl Catalog {
     /// The tool named `name`.
     pub fn tool(&self, name: &str) -> Option<&Arc<Tool>> {
         self.tools.get(name)
+    }
+}
+
+fn build_fleet(
+    section: &crate::config::FleetSection,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> FleetSettings {
+    let tls = section.tls.relative_to(base);
+    match mcpfier_common::tls::load(&tls) {
+        Ok(material) if material.identity.role != Role::Coordinator => problems.push(Problem::new(
+            "fleet.tls.cert",
+            format!(
+                "the certificate is for {}; the coordinator needs a coordinator-role certificate (`mcpfier certs issue --role coordinator ...`)",
+                material.identity
+            ),
+        )),
+        Ok(_) => {}
+        Err(e) => problems.push(Problem::new("fleet.tls", e.to_string())),
+    }
+    let mut ids = HashSet::new();
+    for (i, agent) in section.agents.iter().enumerate() {
+        let at = format!("fleet.agents[{i}]");
+        if !mcpfier_common::tls::valid_name(&agent.id) {
+            problems.push(Problem::new(
+                format!("{at}.id"),
+                format!(
+                    "`{}` is not a valid agent id: use 1-128 characters of A-Z a-z 0-9 - _ .",
+                    agent.id
+                ),
+            ));
+        } else if !ids.insert(agent.id.clone()) {
+            problems.push(Problem::new(
+                format!("{at}.id"),
+                format!("agent `{}` is listed twice", agent.id),
+            ));
+        }
+        let port_ok = agent.address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            problems.push(Problem::new(
+                format!("{at}.address"),
+                format!("`{}` is not host:port, e.g. 10.0.0.5:7443", agent.address),
+            ));
+        }
+    }
+    if section.health_interval.get().is_zero() {
+        problems.push(Problem::new(
+            "fleet.health_interval",
+            "must be more than zero",
+        ));
+    }
+    if section.connect_timeout.get().is_zero() {
+        problems.push(Problem::new(
+            "fleet.connect_timeout",
+            "must be more than zero",
+        ));
+    }
+    FleetSettings {
+        tls,
+        agents: section.agents.clone(),
+        health_interval: section.health_interval.get(),
+        connect_timeout: section.connect_timeout.get(),
     }
 }
 
@@ -545,5 +648,6 @@ fn build_tool(
         slots: section.concurrency.map(|n| Arc::new(Semaphore::new(n))),
         concurrency: section.concurrency,
         input_schema,
+        placement: section.placement.map(|p| p.labels).unwrap_or_default(),
     })
 }

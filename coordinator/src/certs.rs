@@ -32,7 +32,10 @@ fn write_new(path: &Path, contents: &str, mode: u32, force: bool) -> anyhow::Res
     }
     let mut file = options.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow::anyhow!("{} already exists; pass --force to replace it", path.display())
+            anyhow::anyhow!(
+                "{} already exists; pass --force to replace it",
+                path.display()
+            )
         } else {
             anyhow::anyhow!("create {}: {e}", path.display())
         }
@@ -59,7 +62,9 @@ pub fn init(dir: &Path, days: u32, force: bool) -> anyhow::Result<(PathBuf, Path
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::minutes(5);
     params.not_after = now + Duration::days(days.into());
-    let cert = params.self_signed(&key).context("sign the CA certificate")?;
+    let cert = params
+        .self_signed(&key)
+        .context("sign the CA certificate")?;
     let cert_path = dir.join(CA_CERT);
     let key_path = dir.join(CA_KEY);
     write_new(&key_path, &key.serialize_pem(), 0o600, force)?;
@@ -104,17 +109,19 @@ pub fn issue(req: &Request) -> anyhow::Result<(PathBuf, PathBuf)> {
     dn.push(DnType::OrganizationalUnitName, req.role.as_str());
     params.distinguished_name = dn;
     params.subject_alt_names = vec![SanType::URI(
-        identity.uri().try_into().context("encode the identity URI")?,
+        identity
+            .uri()
+            .try_into()
+            .context("encode the identity URI")?,
     )];
     for san in req.sans {
-        let entry = match san.parse::<IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                san.as_str()
-                    .try_into()
-                    .with_context(|| format!("`{san}` is neither an IP address nor a host name"))?,
-            ),
-        };
+        let entry =
+            match san.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(san.as_str().try_into().with_context(|| {
+                    format!("`{san}` is neither an IP address nor a host name")
+                })?),
+            };
         params.subject_alt_names.push(entry);
     }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -162,7 +169,10 @@ mod tests {
         .unwrap();
         assert_eq!(material.identity, Identity::new(Role::Agent, "agent-1"));
         let mode = fs::metadata(dir.path().join("agent-1.key")).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -75,6 +75,14 @@ Exit status: the command's own; 124 on timeout; 128+N when killed by signal N;\n
         #[arg(long, value_enum)]
         client: Client,
     },
+    /// Make the fleet's mutual-TLS certificates.
+    #[command(
+        after_help = "Example:\n  mcpfier certs init --dir certs\n  mcpfier certs issue --dir certs --role coordinator --name coordinator\n  mcpfier certs issue --dir certs --role agent --name agent-eu-1 --san 10.0.0.5"
+    )]
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  mcpfier completion bash > /etc/bash_completion.d/mcpfier")]
     Completion {
@@ -103,4 +111,49 @@ pub enum Client {
     ClaudeCode,
     Cursor,
     Vscode,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a CA (ca.pem, ca.key) in DIR.
+    #[command(after_help = "Example:\n  mcpfier certs init --dir /etc/mcpfier/certs")]
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate (NAME.pem, NAME.key) signed by the CA in DIR, with the URI SAN
+    /// spiffe://mcpfier/ROLE/NAME.
+    #[command(
+        after_help = "Example:\n  mcpfier certs issue --dir certs --role agent --name agent-eu-1 --san 10.0.0.5 --san agent-eu-1.internal"
+    )]
+    Issue {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        role: CertRole,
+        /// The coordinator's name, or the agent's id.
+        #[arg(long)]
+        name: String,
+        /// Extra host names or IP addresses to put in the certificate.
+        #[arg(long = "san", value_name = "HOST_OR_IP")]
+        sans: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CertRole {
+    Coordinator,
+    Agent,
 }

@@ -24,6 +24,8 @@ pub struct Config {
     /// How the coordinator serves MCP.
     #[serde(default)]
     pub server: ServerSection,
+    /// Remote agents to run calls on. Without it, calls run in this process.
+    pub fleet: Option<FleetSection>,
     /// The tools it offers.
     #[serde(default)]
     pub tools: Vec<ToolSection>,
@@ -73,6 +75,50 @@ fn default_ok_exit_codes() -> Vec<i32> {
     vec![0]
 }
 
+/// The `fleet` section: agents reached over mutual-TLS gRPC.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// The coordinator's CA, certificate (role coordinator) and key; relative paths are read
+    /// from the config file's directory.
+    pub tls: mcpfier_common::tls::TlsFiles,
+    /// The agents, each with the id its certificate was issued for.
+    #[serde(default)]
+    pub agents: Vec<AgentEntry>,
+    /// How often each agent's health is checked (default 1s).
+    #[serde(default = "default_health_interval")]
+    pub health_interval: HumanDuration,
+    /// How long connecting to an agent may take (default 2s).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+}
+
+fn default_health_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(1))
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(2))
+}
+
+/// One agent of a static fleet.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEntry {
+    /// The agent's id: its certificate must say `spiffe://mcpfier/agent/<id>`.
+    pub id: String,
+    /// `host:port` of its gRPC listener.
+    pub address: String,
+}
+
+/// Where a tool may run.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Only agents that have all these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
 /// One tool.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +160,8 @@ pub struct ToolSection {
     pub annotations: Annotations,
     /// Calls of this tool running at once (default: no limit but `server.max_concurrency`).
     pub concurrency: Option<usize>,
+    /// Which agents may run it (needs a `fleet` section).
+    pub placement: Option<Placement>,
 }
 
 /// An element of `command`.
@@ -353,7 +401,8 @@ pub fn parse(text: &str, path: &Path, env: &HashMap<String, String>) -> Result<C
             Ok(c) => c,
             Err(e) => return Err(fail(vec![yaml_problem(e, &lines)])),
         };
-    Catalog::build(config, env).map_err(|mut problems| {
+    let base = path.parent().unwrap_or(Path::new("."));
+    Catalog::build(config, base, env).map_err(|mut problems| {
         for p in &mut problems {
             p.line = lines.line(&p.path);
         }

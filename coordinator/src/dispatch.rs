@@ -1,5 +1,6 @@
 //! Runs calls: takes a slot under the tool's and the server's concurrency limits, then runs
-//! the resolved command with the embedded execution engine.
+//! the resolved command on the fleet when one is configured, or with the embedded execution
+//! engine in this process.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc::UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, Tool};
+use crate::fleet::{self, Fleet};
 
 /// Why a call did not produce an [`Outcome`].
 #[derive(Debug, thiserror::Error)]
@@ -29,17 +31,41 @@ pub enum Error {
     Cancelled,
     #[error(transparent)]
     Exec(#[from] exec::Error),
+    #[error(transparent)]
+    Fleet(#[from] fleet::Error),
 }
 
-/// Runs tool calls in this process.
-#[derive(Clone, Debug)]
+/// A finished call: what happened, and where it ran (`None`: in this process).
+#[derive(Debug)]
+pub struct Ran {
+    pub outcome: Outcome,
+    pub agent: Option<String>,
+}
+
+/// Runs tool calls, on the fleet or in this process.
+#[derive(Clone)]
 pub struct Dispatcher {
     catalog: Arc<Catalog>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Dispatcher {
-    pub fn new(catalog: Arc<Catalog>) -> Self {
-        Self { catalog }
+    /// A dispatcher that runs every call in this process.
+    pub fn local(catalog: Arc<Catalog>) -> Self {
+        Self {
+            catalog,
+            fleet: None,
+        }
+    }
+
+    /// A dispatcher for the catalog's mode: the fleet (connecting to its agents and checking
+    /// them until `shutdown`) when the config has one, else this process.
+    pub async fn start(catalog: Arc<Catalog>, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let fleet = match &catalog.fleet {
+            Some(settings) => Some(Fleet::start(settings, shutdown).await?),
+            None => None,
+        };
+        Ok(Self { catalog, fleet })
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -52,9 +78,10 @@ impl Dispatcher {
         &self,
         tool: &Tool,
         exec: &Execution,
+        request_id: &str,
         output: Option<UnboundedSender<Event>>,
         cancel: CancellationToken,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Ran, Error> {
         let deadline = tokio::time::Instant::now() + tool.timeout;
         let waited = || humantime::format_duration(round(tool.timeout)).to_string();
         let _tool_slot =
@@ -74,7 +101,19 @@ impl Dispatcher {
                 limit: self.catalog.server.max_concurrency,
                 waited: waited(),
             })?;
-        Ok(exec::run(exec, output, cancel).await?)
+        match &self.fleet {
+            Some(fleet) => {
+                let ran = fleet.run(tool, exec, request_id, output, cancel).await?;
+                Ok(Ran {
+                    outcome: ran.outcome,
+                    agent: Some(ran.agent),
+                })
+            }
+            None => Ok(Ran {
+                outcome: exec::run(exec, output, cancel).await?,
+                agent: None,
+            }),
+        }
     }
 }
 
@@ -105,7 +144,7 @@ mod tests {
 
     fn dispatcher(yaml: &str) -> Dispatcher {
         let catalog = crate::config::parse(yaml, Path::new("t.yaml"), &HashMap::new()).unwrap();
-        Dispatcher::new(Arc::new(catalog))
+        Dispatcher::local(Arc::new(catalog))
     }
 
     #[tokio::test]
@@ -118,7 +157,7 @@ mod tests {
         let exec = tool.prepare(None).unwrap();
         let started = Instant::now();
         let err = d
-            .run(&tool, &exec, None, CancellationToken::new())
+            .run(&tool, &exec, "r", None, CancellationToken::new())
             .await
             .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -141,7 +180,7 @@ mod tests {
         let tool = d.catalog().tool("t").unwrap().clone();
         let exec = tool.prepare(None).unwrap();
         let err = d
-            .run(&tool, &exec, None, CancellationToken::new())
+            .run(&tool, &exec, "r", None, CancellationToken::new())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("server.max_concurrency"), "{err}");
@@ -153,9 +192,10 @@ mod tests {
         let tool = d.catalog().tool("t").unwrap().clone();
         let exec = tool.prepare(None).unwrap();
         let out = d
-            .run(&tool, &exec, None, CancellationToken::new())
+            .run(&tool, &exec, "r", None, CancellationToken::new())
             .await
             .unwrap();
-        assert_eq!(out.stdout, b"hi\n");
+        assert_eq!(out.outcome.stdout, b"hi\n");
+        assert_eq!(out.agent, None);
     }
 }

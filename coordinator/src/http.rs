@@ -13,7 +13,7 @@ use rmcp::transport::streamable_http_server::{
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::catalog::Catalog;
+use crate::dispatch::Dispatcher;
 use crate::mcp::Server;
 
 /// Origins always allowed: pages served from this machine.
@@ -39,7 +39,8 @@ pub fn check_listen(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// The axum router serving MCP at `/mcp`.
-pub fn router(catalog: Arc<Catalog>, shutdown: CancellationToken) -> Router {
+pub fn router(dispatcher: Dispatcher, shutdown: CancellationToken) -> Router {
+    let catalog = dispatcher.catalog().clone();
     let origins = LOOPBACK_ORIGINS
         .iter()
         .map(|s| s.to_string())
@@ -48,7 +49,7 @@ pub fn router(catalog: Arc<Catalog>, shutdown: CancellationToken) -> Router {
         .with_allowed_origins(origins)
         .enforce_origin_validation()
         .with_cancellation_token(shutdown.child_token());
-    let server = Server::new(catalog);
+    let server = Server::new(dispatcher);
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),
@@ -62,7 +63,7 @@ pub fn router(catalog: Arc<Catalog>, shutdown: CancellationToken) -> Router {
 /// Serves until `shutdown` is cancelled. Calls still running are killed as their requests
 /// end.
 pub async fn serve(
-    catalog: Arc<Catalog>,
+    dispatcher: Dispatcher,
     listen: SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -71,8 +72,8 @@ pub async fn serve(
         .await
         .with_context(|| format!("listen on {listen}"))?;
     let local = listener.local_addr().context("read the bound address")?;
-    let tools = catalog.tools.len();
-    let app = router(catalog, shutdown.clone());
+    let tools = dispatcher.catalog().tools.len();
+    let app = router(dispatcher, shutdown.clone());
     // Small SSE writes must not wait for the peer's delayed ACK (about 40 ms per response).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod certs;
 pub mod config;
 pub mod dispatch;
+pub mod fleet;
 pub mod http;
 pub mod mcp;
 pub mod params;

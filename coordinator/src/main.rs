@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 mod cli;
-use cli::{CallArgs, Cli, Client, Command};
+use cli::{CallArgs, CertRole, CertsCommand, Cli, Client, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -73,6 +73,44 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
         }
+        Command::Certs { command } => match command {
+            CertsCommand::Init { dir, days, force } => {
+                let (cert, key) = mcpfier_coordinator::certs::init(dir, *days, *force)?;
+                println!(
+                    "CA certificate: {}\nCA key:         {} (keep it off the agents)",
+                    cert.display(),
+                    key.display()
+                );
+            }
+            CertsCommand::Issue {
+                dir,
+                role,
+                name,
+                sans,
+                days,
+                force,
+            } => {
+                let role = match role {
+                    CertRole::Coordinator => mcpfier_common::tls::Role::Coordinator,
+                    CertRole::Agent => mcpfier_common::tls::Role::Agent,
+                };
+                let (cert, key) =
+                    mcpfier_coordinator::certs::issue(&mcpfier_coordinator::certs::Request {
+                        dir,
+                        role,
+                        name,
+                        sans,
+                        days: *days,
+                        force: *force,
+                    })?;
+                println!(
+                    "{}: {}\nkey: {}",
+                    mcpfier_common::tls::Identity::new(role, name.clone()).uri(),
+                    cert.display(),
+                    key.display()
+                );
+            }
+        },
         Command::Completion { shell } => {
             clap_complete::generate(
                 *shell,
@@ -105,7 +143,10 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         Command::Stdio => {
             let (path, catalog) = load(&cli, &env)?;
             tracing::info!(config = %path.display(), tools = catalog.tools.len(), "serving MCP on stdio");
-            let service = mcp::Server::new(catalog)
+            let shutdown = CancellationToken::new();
+            let _stop_fleet = shutdown.clone().drop_guard();
+            let dispatcher = Dispatcher::start(catalog, shutdown).await?;
+            let service = mcp::Server::new(dispatcher)
                 .serve(rmcp::transport::stdio())
                 .await
                 .context("start MCP on stdio")?;
@@ -126,7 +167,8 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 tracing::info!("shutting down");
                 trigger.cancel();
             });
-            http::serve(catalog, listen, shutdown).await?;
+            let dispatcher = Dispatcher::start(catalog, shutdown.clone()).await?;
+            http::serve(dispatcher, listen, shutdown).await?;
         }
         Command::DryRun(args) => {
             let (_, catalog) = load(&cli, &env)?;
@@ -167,11 +209,15 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 Err(errors) => return Ok(invalid(&errors)),
             };
             let tool = tool.clone();
-            let dispatcher = Dispatcher::new(catalog);
+            let stop_fleet = CancellationToken::new();
+            let _stop_fleet = stop_fleet.clone().drop_guard();
+            let dispatcher = Dispatcher::start(catalog, stop_fleet).await?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
             let printer = tokio::spawn(async move {
                 while let Some(event) = rx.recv().await {
-                    let Event::Output(chunk) = event else { continue };
+                    let Event::Output(chunk) = event else {
+                        continue;
+                    };
                     let _ = match chunk.stream {
                         Stream::Stdout => std::io::stdout().lock().write_all(&chunk.data),
                         Stream::Stderr => std::io::stderr().lock().write_all(&chunk.data),
@@ -185,7 +231,14 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 shutdown_signal().await;
                 on_signal.cancel();
             });
-            let outcome = dispatcher.run(&tool, &exec, Some(tx), cancel).await?;
+            let ran = match dispatcher.run(&tool, &exec, "cli", Some(tx), cancel).await {
+                Ok(ran) => ran,
+                Err(e) => {
+                    let _ = printer.await;
+                    return Err(e.into());
+                }
+            };
+            let outcome = ran.outcome;
             let _ = printer.await;
             if outcome.truncated() {
                 eprintln!(

@@ -16,8 +16,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, warn};
 
-use crate::catalog::{Catalog, Tool};
-use crate::dispatch::{self, Dispatcher};
+use crate::catalog::Tool;
+use crate::dispatch::{self, Dispatcher, Ran};
+use crate::fleet;
 
 /// How often at most a call sends a progress notification.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -32,10 +33,15 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(catalog: Arc<Catalog>) -> Self {
-        let tools = catalog.tools.values().map(|t| describe(t)).collect();
+    pub fn new(dispatcher: Dispatcher) -> Self {
+        let tools = dispatcher
+            .catalog()
+            .tools
+            .values()
+            .map(|t| describe(t))
+            .collect();
         Self {
-            dispatcher: Dispatcher::new(catalog),
+            dispatcher,
             tools: Arc::new(tools),
         }
     }
@@ -52,7 +58,19 @@ pub fn output_schema() -> Map<String, Value> {
             "stderr": {"type": "string"},
             "truncated": {"type": "boolean", "description": "output went past max_output and was cut"},
             "timed_out": {"type": "boolean"},
-            "duration_ms": {"type": "integer"}
+            "duration_ms": {"type": "integer"},
+            "agent": {"type": "string", "description": "the agent that ran the call (fleet mode)"},
+            "error": {
+                "type": "object",
+                "description": "set when the call failed before or while running, e.g. an agent was lost",
+                "properties": {
+                    "kind": {"type": "string"},
+                    "message": {"type": "string"},
+                    "call_id": {"type": "string"},
+                    "outcome": {"type": "string", "enum": ["not_run", "unknown"]}
+                },
+                "required": ["kind", "message", "outcome"]
+            }
         },
         "required": ["exit_code", "stdout", "stderr", "truncated", "timed_out", "duration_ms"]
     });
@@ -91,8 +109,8 @@ pub fn describe(tool: &Tool) -> McpTool {
 }
 
 /// `structuredContent` for an outcome.
-pub fn structured(outcome: &Outcome) -> Value {
-    json!({
+pub fn structured(outcome: &Outcome, agent: Option<&str>) -> Value {
+    let mut value = json!({
         "exit_code": outcome.exit_code,
         "signal": outcome.signal,
         "stdout": String::from_utf8_lossy(&outcome.stdout),
@@ -100,11 +118,15 @@ pub fn structured(outcome: &Outcome) -> Value {
         "truncated": outcome.truncated(),
         "timed_out": outcome.timed_out,
         "duration_ms": outcome.duration.as_millis() as u64,
-    })
+    });
+    if let Some(agent) = agent {
+        value["agent"] = json!(agent);
+    }
+    value
 }
 
 /// The MCP result of a finished run.
-pub fn tool_result(tool: &Tool, outcome: &Outcome) -> CallToolResult {
+pub fn tool_result(tool: &Tool, outcome: &Outcome, agent: Option<&str>) -> CallToolResult {
     let ok = tool.ok_exit(outcome.exit_code) && !outcome.timed_out;
     let mut text = String::from_utf8_lossy(&outcome.stdout).into_owned();
     if !outcome.stderr.is_empty() {
@@ -138,12 +160,39 @@ pub fn tool_result(tool: &Tool, outcome: &Outcome) -> CallToolResult {
     } else {
         CallToolResult::error(content)
     };
-    result.structured_content = Some(structured(outcome));
+    result.structured_content = Some(structured(outcome, agent));
     result
 }
 
 fn error_result(message: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
+/// An error result that also carries `structuredContent` (fleet failures), so that clients
+/// reading the structure see what happened and whether the command may have run.
+fn structured_error(
+    kind: &str,
+    message: String,
+    agent: Option<&str>,
+    call_id: Option<&str>,
+    outcome: &str,
+    elapsed: Duration,
+) -> CallToolResult {
+    let mut value = structured(
+        &Outcome {
+            duration: elapsed,
+            ..Outcome::default()
+        },
+        agent,
+    );
+    let mut error = json!({"kind": kind, "message": message, "outcome": outcome});
+    if let Some(id) = call_id {
+        error["call_id"] = json!(id);
+    }
+    value["error"] = error;
+    let mut result = CallToolResult::error(vec![ContentBlock::text(message)]);
+    result.structured_content = Some(value);
+    result
 }
 
 impl ServerHandler for Server {
@@ -223,17 +272,19 @@ impl Server {
             None => (None, None),
         };
         let started = Instant::now();
+        let request_id = context.id.to_string();
         let result = self
             .dispatcher
-            .run(tool, &exec, tx, context.ct.clone())
+            .run(tool, &exec, &request_id, tx, context.ct.clone())
             .await;
         if let Some(task) = task {
             // The sender is gone with the run; the task sends what is left and ends.
             let _ = task.await;
         }
         match result {
-            Ok(outcome) => {
+            Ok(Ran { outcome, agent }) => {
                 info!(
+                    agent = agent.as_deref().unwrap_or("local"),
                     exit_code = outcome.exit_code,
                     timed_out = outcome.timed_out,
                     cancelled = outcome.cancelled,
@@ -241,7 +292,41 @@ impl Server {
                     duration_ms = started.elapsed().as_millis() as u64,
                     "call finished"
                 );
-                Ok(tool_result(tool, &outcome))
+                Ok(tool_result(tool, &outcome, agent.as_deref()))
+            }
+            Err(dispatch::Error::Fleet(e)) => {
+                warn!(error = %e, "fleet call failed");
+                let elapsed = started.elapsed();
+                Ok(match &e {
+                    fleet::Error::AgentLost { agent, call_id, .. } => structured_error(
+                        "agent_lost",
+                        e.to_string(),
+                        Some(agent),
+                        Some(call_id),
+                        "unknown",
+                        elapsed,
+                    ),
+                    fleet::Error::Start { agent, .. } => structured_error(
+                        "start_failed",
+                        e.to_string(),
+                        Some(agent),
+                        None,
+                        "not_run",
+                        elapsed,
+                    ),
+                    fleet::Error::NoAgent(_) => {
+                        structured_error("no_agent", e.to_string(), None, None, "not_run", elapsed)
+                    }
+                    fleet::Error::NotAccepted(_) => structured_error(
+                        "not_accepted",
+                        e.to_string(),
+                        None,
+                        None,
+                        "not_run",
+                        elapsed,
+                    ),
+                    fleet::Error::Cancelled => error_result(e.to_string()),
+                })
             }
             Err(dispatch::Error::Exec(e)) => {
                 warn!(error = %e, "call could not start");
