@@ -165,6 +165,7 @@ impl agent_server::Agent for AgentService {
 
 /// Runs one call and records its events.
 async fn run(call: Arc<Call>, exec: Execution) {
+    info!("call accepted");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let forward = {
         let call = call.clone();

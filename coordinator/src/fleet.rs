@@ -218,6 +218,20 @@ fn connect(
     address: &str,
 ) -> anyhow::Result<AgentClient<Channel>> {
     let config = tls::client_config(material, Identity::new(Role::Agent, id))?;
+    Ok(AgentClient::new(channel(
+        config,
+        address,
+        settings.connect_timeout,
+    )?))
+}
+
+/// A lazily connecting gRPC channel to `address` over TLS with `config`: one HTTP/2
+/// connection, re-established when it breaks.
+pub fn channel(
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+    address: &str,
+    connect_timeout: Duration,
+) -> anyhow::Result<Channel> {
     let connector = TlsConnector::from(config);
     let address_for_dial = address.to_owned();
     let dial = tower::service_fn(move |_: http::Uri| {
@@ -233,12 +247,12 @@ fn connect(
         }
     });
     let endpoint = Endpoint::from_shared(format!("http://{address}"))?
-        .connect_timeout(settings.connect_timeout)
+        .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(AgentClient::new(endpoint.connect_with_connector_lazy(dial)))
+    Ok(endpoint.connect_with_connector_lazy(dial))
 }
 
 impl Fleet {

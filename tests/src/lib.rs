@@ -36,26 +36,40 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target"))
 }
 
-/// The `mcpfier` binary, built (once per test run) from this checkout.
-pub fn mcpfier() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+fn build_binaries() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let args = [
+            "build",
+            "--quiet",
+            "-p",
+            "mcpfier-coordinator",
+            "-p",
+            "mcpfier-agent",
+            "--bins",
+        ];
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "mcpfier-coordinator",
-                "--bin",
-                "mcpfier",
-            ])
+            .args(args)
             .current_dir(workspace())
             .status()
-            .expect("run cargo build for the mcpfier binary");
-        assert!(status.success(), "cargo build of the mcpfier binary failed");
-        target_dir().join("debug/mcpfier")
+            .expect("run cargo build for the mcpfier binaries");
+        assert!(
+            status.success(),
+            "cargo build of the mcpfier binaries failed"
+        );
+        target_dir().join("debug")
     })
+}
+
+/// The `mcpfier` binary, built (once per test run) from this checkout.
+pub fn mcpfier() -> PathBuf {
+    build_binaries().join("mcpfier")
+}
+
+/// The `mcpfier-agent` binary, built with `mcpfier`.
+pub fn mcpfier_agent() -> PathBuf {
+    build_binaries().join("mcpfier-agent")
 }
 
 /// The Python interpreter of the venv that has the official MCP SDK.
@@ -208,12 +222,17 @@ pub fn drive_stdio(
 
 /// Runs `ops` against a Streamable HTTP endpoint with the Python SDK.
 pub fn drive_http(url: &str, ops: Value) -> Vec<Value> {
+    let (code, out, err) = drive_http_raw(url, ops);
+    driver_results(code, &out, &err)
+}
+
+/// Like [`drive_http`], returning the driver's exit code, stdout and stderr as they are (for
+/// tests where the server goes away mid-call).
+pub fn drive_http_raw(url: &str, ops: Value) -> (i32, String, String) {
     let mut cmd = Command::new(python());
     cmd.arg(workspace().join("tests/py/mcp_driver.py"))
         .args(["http", url]);
-    let (code, out, err) = run_with_deadline(cmd, &ops.to_string(), Duration::from_secs(90))
-        .expect("run the MCP driver");
-    driver_results(code, &out, &err)
+    run_with_deadline(cmd, &ops.to_string(), Duration::from_secs(90)).expect("run the MCP driver")
 }
 
 /// Runs the `mcpfier` CLI to completion: (exit code, stdout, stderr).
@@ -226,9 +245,101 @@ pub fn mcpfier_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
     run_with_deadline(cmd, "", Duration::from_secs(60)).expect("run mcpfier")
 }
 
+/// A process of ours with its log file, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Process {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `cmd` with stderr to a new log file next to `near`, named after `name`.
+    pub fn start(mut cmd: Command, near: &Path, name: &str) -> Process {
+        let log = near.with_file_name(format!(
+            "{name}-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ));
+        let log_file = std::fs::File::create(&log).expect("create a process log");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Process { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a log line containing `marker` and returns what follows it on that line.
+    pub fn wait_for_log(&self, marker: &str, limit: Duration) -> String {
+        let found = wait_for(limit, || {
+            let text = self.log_text();
+            let at = text.find(marker)? + marker.len();
+            let rest = &text[at..];
+            Some(rest[..rest.find('\n').unwrap_or(rest.len())].to_owned())
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "no `{marker}` in the log within {limit:?}:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid()), signal);
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| s.code().unwrap_or(-1))
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.signal(Signal::SIGTERM);
+        let exited = wait_for(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        });
+        match exited {
+            Some(status) => status.code(),
+            None => {
+                self.kill9();
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
 /// A running `mcpfier serve`, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Coordinator {
-    child: Child,
+    pub process: Process,
     pub addr: String,
     pub log: PathBuf,
 }
@@ -236,55 +347,25 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts `mcpfier serve` on a free loopback port and waits until `/healthz` answers.
     pub fn start(config: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> Coordinator {
-        let log = config.with_file_name(format!(
-            "coordinator-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default()
-        ));
-        let log_file = std::fs::File::create(&log).expect("create the coordinator log");
         let mut cmd = Command::new(mcpfier());
         cmd.arg("--config")
             .arg(config)
             .args(extra_args)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
+            .env("PATH", "/usr/bin:/bin");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start mcpfier serve");
-        let mut coordinator = Coordinator {
-            child,
-            addr: String::new(),
-            log,
-        };
-        let addr = wait_for(Duration::from_secs(30), || {
-            let text = std::fs::read_to_string(&coordinator.log).ok()?;
-            let start = text.find("serving MCP at http://")? + "serving MCP at http://".len();
-            let end = text[start..].find("/mcp")?;
-            Some(text[start..start + end].to_owned())
-        });
-        let Some(addr) = addr else {
-            panic!(
-                "mcpfier serve did not start; log:\n{}",
-                std::fs::read_to_string(&coordinator.log).unwrap_or_default()
-            );
-        };
-        coordinator.addr = addr;
+        let process = Process::start(cmd, config, "coordinator");
+        let rest = process.wait_for_log("serving MCP at http://", Duration::from_secs(30));
+        let addr = rest[..rest.find("/mcp").expect("the log line names /mcp")].to_owned();
         let healthy = wait_for(Duration::from_secs(10), || {
-            (http_request(&coordinator.addr, "GET", "/healthz", &[], "")
-                .ok()?
-                .0
-                == 200)
-                .then_some(())
+            (http_request(&addr, "GET", "/healthz", &[], "").ok()?.0 == 200).then_some(())
         });
         assert!(healthy.is_some(), "mcpfier serve did not answer /healthz");
-        coordinator
+        let log = process.log.clone();
+        Coordinator { process, addr, log }
     }
 
     pub fn url(&self) -> String {
@@ -292,30 +373,89 @@ impl Coordinator {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let exited = wait_for(Duration::from_secs(10), || {
-            self.child.try_wait().ok().flatten()
-        });
-        match exited {
-            Some(status) => status.code(),
-            None => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                None
-            }
-        }
+        self.process.stop()
     }
 }
 
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.stop();
+/// A certificate directory made with `mcpfier certs`.
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    /// Creates a CA in `dir`.
+    pub fn init(dir: &Path) -> Certs {
+        let (code, out, err) = mcpfier_cli(&["certs", "init", "--dir", dir.to_str().unwrap()], &[]);
+        assert_eq!(code, 0, "certs init failed: {out}{err}");
+        Certs {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Issues `name.pem`/`name.key` for `role` (`agent` or `coordinator`).
+    pub fn issue(&self, role: &str, name: &str) {
+        let dir = self.dir.to_str().unwrap();
+        let args = [
+            "certs",
+            "issue",
+            "--dir",
+            dir,
+            "--role",
+            role,
+            "--name",
+            name,
+            "--san",
+            "127.0.0.1",
+        ];
+        let (code, out, err) = mcpfier_cli(&args, &[]);
+        assert_eq!(code, 0, "certs issue failed: {out}{err}");
+    }
+
+    /// The YAML `tls:` value for `name`'s files.
+    pub fn tls_yaml(&self, name: &str) -> String {
+        let d = self.dir.display();
+        format!("{{ca: {d}/ca.pem, cert: {d}/{name}.pem, key: {d}/{name}.key}}")
+    }
+}
+
+/// A running `mcpfier-agent`, stopped on drop.
+pub struct Agent {
+    pub id: String,
+    pub process: Process,
+    pub addr: String,
+}
+
+impl Agent {
+    /// Writes `<id>.yaml` in `dir` (listening on a free loopback port) with `extra` YAML lines
+    /// appended, starts the agent and waits until it listens.
+    pub fn start(dir: &Path, certs: &Certs, id: &str, extra: &str) -> Agent {
+        let config = dir.join(format!("{id}.yaml"));
+        let yaml = format!(
+            "id: {id}\nlisten: 127.0.0.1:0\ntls: {}\n{extra}\n",
+            certs.tls_yaml(id)
+        );
+        std::fs::write(&config, yaml).expect("write the agent config");
+        let mut cmd = Command::new(mcpfier_agent());
+        cmd.arg("--config")
+            .arg(&config)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        let process = Process::start(cmd, &config, id);
+        let rest = process.wait_for_log("agent listening on ", Duration::from_secs(30));
+        let addr = rest
+            .split_whitespace()
+            .next()
+            .expect("an address")
+            .to_owned();
+        Agent {
+            id: id.to_owned(),
+            process,
+            addr,
         }
     }
 }

@@ -2,5 +2,6 @@
 //! HTTP by the official MCP Python SDK.
 
 mod cli;
+mod fleet;
 mod mcp;
 mod tidy;
