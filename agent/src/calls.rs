@@ -15,8 +15,9 @@ use mcpfier_proto::v1::{self, ExecuteEvent, execute_event::Event};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// How long a finished call is remembered for attaching.
-pub const RETAIN_FINISHED: Duration = Duration::from_secs(600);
+/// How long a finished call is remembered for attaching (a coordinator reconnects within
+/// seconds; the bound keeps memory flat under sustained load).
+pub const RETAIN_FINISHED: Duration = Duration::from_secs(120);
 
 /// One call's record.
 pub struct Call {
@@ -47,7 +48,8 @@ impl Call {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends an event for followers.
+    /// Appends an event for followers. The final event goes through [`Calls::finish`], which
+    /// also stops counting the call as running.
     pub fn push(&self, event: Event) {
         let mut log = self.lock();
         if log.finished_at.is_some() {
@@ -113,6 +115,9 @@ impl Drop for Follower {
 #[derive(Default)]
 pub struct Calls {
     map: Mutex<HashMap<String, Arc<Call>>>,
+    /// Registered calls without a final event (kept apart so admission never scans the map,
+    /// which also holds finished calls).
+    running: AtomicUsize,
 }
 
 /// What `Calls::start` found.
@@ -137,14 +142,23 @@ impl Calls {
         if let Some(call) = map.get(id) {
             return Start::Existing(call.clone());
         }
-        let running = map.values().filter(|c| !c.is_finished()).count();
+        let running = self.running.load(Ordering::SeqCst);
         if running >= capacity {
             return Start::Full { running };
         }
         let call = Call::new();
         call.push(Event::Accepted(accepted));
         map.insert(id.to_owned(), call.clone());
+        self.running.fetch_add(1, Ordering::SeqCst);
         Start::New(call)
+    }
+
+    /// Records `call`'s final event; it no longer counts as running.
+    pub fn finish(&self, call: &Call, finished: v1::Finished) {
+        if !call.is_finished() {
+            call.push(Event::Finished(finished));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Call>> {
@@ -153,7 +167,7 @@ impl Calls {
 
     /// Calls not finished yet.
     pub fn running(&self) -> usize {
-        self.lock().values().filter(|c| !c.is_finished()).count()
+        self.running.load(Ordering::SeqCst)
     }
 
     /// Cancels every running call (shutdown).
@@ -170,5 +184,62 @@ impl Calls {
                 .finished_at
                 .is_none_or(|at| at.elapsed() < RETAIN_FINISHED)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn accepted() -> v1::Accepted {
+        v1::Accepted {
+            agent_id: "a".into(),
+            attached: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_follower_leaving_cancels_a_running_call() {
+        let calls = Calls::default();
+        let Start::New(call) = calls.start("c", 1, accepted()) else {
+            panic!("a new call")
+        };
+        let first = call.follow(0);
+        let second = call.follow(0);
+        drop(first);
+        assert!(!call.cancel.is_cancelled());
+        drop(second);
+        assert!(call.cancel.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_finished_call_is_replayed_whole_and_not_cancelled() {
+        let calls = Calls::default();
+        let Start::New(call) = calls.start("c", 1, accepted()) else {
+            panic!("a new call")
+        };
+        calls.finish(&call, v1::Finished::default());
+        let events: Vec<_> = call.follow(0).collect().await;
+        assert_eq!(events.len(), 2);
+        assert!(!call.cancel.is_cancelled());
+        assert!(matches!(
+            calls.start("c", 1, accepted()),
+            Start::Existing(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn capacity_counts_only_running_calls() {
+        let calls = Calls::default();
+        let Start::New(call) = calls.start("a", 1, accepted()) else {
+            panic!("a new call")
+        };
+        assert!(matches!(
+            calls.start("b", 1, accepted()),
+            Start::Full { running: 1 }
+        ));
+        calls.finish(&call, v1::Finished::default());
+        assert!(matches!(calls.start("b", 1, accepted()), Start::New(_)));
     }
 }

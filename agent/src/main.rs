@@ -108,7 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let calls = calls.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
                     _ = tick.tick() => calls.evict_old(),

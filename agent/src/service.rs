@@ -121,7 +121,7 @@ impl agent_server::Agent for AgentService {
                     request_id = %req.request_id,
                     tool = %req.tool
                 );
-                tokio::spawn(run(call, exec).instrument(span));
+                tokio::spawn(run(self.calls.clone(), call, exec).instrument(span));
                 Ok(Response::new(Box::pin(stream)))
             }
         }
@@ -164,7 +164,7 @@ impl agent_server::Agent for AgentService {
 }
 
 /// Runs one call and records its events.
-async fn run(call: Arc<Call>, exec: Execution) {
+async fn run(calls: Arc<Calls>, call: Arc<Call>, exec: Execution) {
     info!("call accepted");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let forward = {
@@ -204,5 +204,5 @@ async fn run(call: Arc<Call>, exec: Execution) {
             }
         }
     };
-    call.push(Event::Finished(finished));
+    calls.finish(&call, finished);
 }

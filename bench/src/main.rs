@@ -214,41 +214,117 @@ fn wait_for_port(addr: &str) -> anyhow::Result<()> {
     bail!("nothing listens on {addr}")
 }
 
-fn start_mcpfier(dir: &Path) -> anyhow::Result<(Server, String)> {
-    let config = dir.join("bench.yaml");
-    std::fs::write(
-        &config,
-        "server: {max_concurrency: 64}\ntools:\n  - name: echo\n    description: Echo a message\n    command: [/bin/echo, '{{msg}}']\n    params: {msg: {type: string}}\n",
-    )?;
-    let log = dir.join("mcpfier.log");
-    let child = Command::new(workspace().join("target/release/mcpfier"))
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--log",
-            "warn,mcpfier_coordinator::http=info",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+/// Starts `cmd` with stderr to `log` and waits for a log line with `marker`; returns the
+/// process and the rest of that line.
+fn start_logged(mut cmd: Command, log: &Path, marker: &str) -> anyhow::Result<(Server, String)> {
+    let child = cmd
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(log)?)
         .spawn()
-        .context("start target/release/mcpfier")?;
+        .with_context(|| format!("start {cmd:?}"))?;
     let server = Server(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(i) = text.find("serving MCP at http://") {
-            let rest = &text[i + "serving MCP at http://".len()..];
-            let addr = rest[..rest.find("/mcp").context("log line")?].to_owned();
-            return Ok((server, addr));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(i) = text.find(marker) {
+            let rest = &text[i + marker.len()..];
+            let line = rest[..rest.find('\n').unwrap_or(rest.len())].to_owned();
+            return Ok((server, line));
         }
         if Instant::now() > deadline {
-            bail!("mcpfier did not start:\n{text}");
+            bail!("{cmd:?} did not start:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn release(bin: &str) -> PathBuf {
+    workspace().join("target/release").join(bin)
+}
+
+const ECHO_TOOL: &str = "tools:\n  - name: echo\n    description: Echo a message\n    command: [/bin/echo, '{{msg}}']\n    params: {msg: {type: string}}\n";
+
+fn start_mcpfier(dir: &Path, name: &str, fleet_yaml: &str) -> anyhow::Result<(Server, String)> {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!("server: {{max_concurrency: 64}}\n{fleet_yaml}{ECHO_TOOL}"),
+    )?;
+    let mut cmd = Command::new(release("mcpfier"));
+    cmd.arg("--config").arg(&config).args([
+        "--log",
+        "warn,mcpfier_coordinator::http=info",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let (server, rest) = start_logged(
+        cmd,
+        &dir.join(format!("{name}.log")),
+        "serving MCP at http://",
+    )?;
+    let addr = rest[..rest.find("/mcp").context("the log line names /mcp")?].to_owned();
+    Ok((server, addr))
+}
+
+/// Makes a CA and certificates for a coordinator and `agents`, with `mcpfier certs`.
+fn make_certs(dir: &Path, agents: &[&str]) -> anyhow::Result<()> {
+    let d = dir.to_str().context("a UTF-8 temp path")?;
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new(release("mcpfier")).args(args).output()?;
+        if !out.status.success() {
+            bail!("mcpfier {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    run(&["certs", "init", "--dir", d])?;
+    run(&[
+        "certs",
+        "issue",
+        "--dir",
+        d,
+        "--role",
+        "coordinator",
+        "--name",
+        "coord",
+    ])?;
+    for a in agents {
+        run(&["certs", "issue", "--dir", d, "--role", "agent", "--name", a])?;
+    }
+    Ok(())
+}
+
+fn start_agent(dir: &Path, certs: &Path, id: &str) -> anyhow::Result<(Server, String)> {
+    let c = certs.display();
+    let config = dir.join(format!("{id}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "id: {id}\nlisten: 127.0.0.1:0\ncapacity: 64\ntls: {{ca: {c}/ca.pem, cert: {c}/{id}.pem, key: {c}/{id}.key}}\n"
+        ),
+    )?;
+    let mut cmd = Command::new(release("mcpfier-agent"));
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["--log", "warn,mcpfier_agent=info"]);
+    let (server, rest) = start_logged(cmd, &dir.join(format!("{id}.log")), "agent listening on ")?;
+    let addr = rest
+        .split_whitespace()
+        .next()
+        .context("an address")?
+        .to_owned();
+    Ok((server, addr))
+}
+
+fn fleet_yaml(certs: &Path, agents: &[(&str, &str)]) -> String {
+    let c = certs.display();
+    let mut y = format!(
+        "fleet:\n  tls: {{ca: {c}/ca.pem, cert: {c}/coord.pem, key: {c}/coord.key}}\n  agents:\n"
+    );
+    for (id, addr) in agents {
+        y.push_str(&format!("    - {{id: {id}, address: \"{addr}\"}}\n"));
+    }
+    y
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -302,10 +378,51 @@ fn main() -> anyhow::Result<()> {
 
     let floor1 = direct_spawn(1, duration)?;
     let floor8 = direct_spawn(8, duration)?;
-    let (mcpfier, addr) = start_mcpfier(dir.path())?;
+    let (mcpfier, addr) = start_mcpfier(dir.path(), "embedded", "")?;
     let m1 = wrk("mcpfier serve, tools/call echo", &addr, 1, duration)?;
     let m8 = wrk("mcpfier serve, tools/call echo", &addr, 8, duration)?;
     drop(mcpfier);
+
+    let certs = dir.path().join("certs");
+    make_certs(&certs, &["b1", "b2"])?;
+    let (agent1, addr1) = start_agent(dir.path(), &certs, "b1")?;
+    let (agent2, addr2) = start_agent(dir.path(), &certs, "b2")?;
+    let (fleet1, faddr1) =
+        start_mcpfier(dir.path(), "fleet1", &fleet_yaml(&certs, &[("b1", &addr1)]))?;
+    let f1_1 = wrk(
+        "coordinator -> 1 agent (mTLS), tools/call echo",
+        &faddr1,
+        1,
+        duration,
+    )?;
+    let f1_8 = wrk(
+        "coordinator -> 1 agent (mTLS), tools/call echo",
+        &faddr1,
+        8,
+        duration,
+    )?;
+    drop(fleet1);
+    let (fleet2, faddr2) = start_mcpfier(
+        dir.path(),
+        "fleet2",
+        &fleet_yaml(&certs, &[("b1", &addr1), ("b2", &addr2)]),
+    )?;
+    let f2_1 = wrk(
+        "coordinator -> 2 agents (mTLS), tools/call echo",
+        &faddr2,
+        1,
+        duration,
+    )?;
+    let f2_8 = wrk(
+        "coordinator -> 2 agents (mTLS), tools/call echo",
+        &faddr2,
+        8,
+        duration,
+    )?;
+    drop(fleet2);
+    drop(agent1);
+    drop(agent2);
+
     let (python, paddr) = start_python("async")?;
     let p1 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 1, duration)?;
     let p8 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 8, duration)?;
@@ -316,7 +433,9 @@ fn main() -> anyhow::Result<()> {
     drop(python);
 
     println!("\nresults");
-    for f in [&floor1, &floor8, &m1, &m8, &p1, &p8, &s1, &s8] {
+    for f in [
+        &floor1, &floor8, &m1, &m8, &f1_1, &f1_8, &f2_1, &f2_8, &p1, &p8, &s1, &s8,
+    ] {
         print(f);
     }
     println!("\nratios (target)");
@@ -344,5 +463,15 @@ fn main() -> anyhow::Result<()> {
         "  mcpfier sequential p50 / Python asyncio p50      {:>6.2}x",
         m1.p50_us / p1.p50_us
     );
+    for (name, seq, conc) in [("1 agent", &f1_1, &f1_8), ("2 agents", &f2_1, &f2_8)] {
+        println!(
+            "  fleet, {name}: sequential p50 - direct spawn p50   {:>+6.2} ms  (<= +1 ms)",
+            (seq.p50_us - floor1.p50_us) / 1000.0
+        );
+        println!(
+            "  fleet, {name}: 8 clients calls/s / direct spawn 8 threads {:>4.0}%  (>= 80%)",
+            100.0 * conc.rate / floor8.rate
+        );
+    }
     Ok(())
 }

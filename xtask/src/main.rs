@@ -175,6 +175,8 @@ fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
         "-p",
         "mcpfier-coordinator",
         "-p",
+        "mcpfier-agent",
+        "-p",
         "mcpfier-bench",
     ]);
     run(build, "release build")?;

@@ -40,6 +40,8 @@ tools:
     command: ["/bin/sh", "-c", "echo $$ > \"$1.tmp\"; sleep 300 & echo $! >> \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; wait", "sh", "@DIR@/{{tag}}.pids"]
     params: {tag: {type: string, pattern: "^[a-z]+$"}}
     timeout: 60s
+  - name: lines
+    command: ["/bin/sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.3; done"]
   - name: slow-idempotent
     command: ["/bin/sh", "-c", "echo $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; sleep 2; echo done", "sh", "@DIR@/{{tag}}.pid"]
     params: {tag: {type: string, pattern: "^[a-z]+$"}}
@@ -59,7 +61,7 @@ impl Cluster {
             scratch.path(),
             &certs,
             "a2",
-            "labels: {pool: web}\npolicy: {allow_tools: [\"echo\", \"hang\", \"slow-*\"]}",
+            "labels: {pool: web}\npolicy: {allow_tools: [\"echo\", \"hang\", \"lines\", \"slow-*\"]}",
         );
         let config = scratch.config(&format!(
             "fleet:\n  tls: {}\n  agents:\n    - {{id: a1, address: \"{}\"}}\n    - {{id: a2, address: \"{}\"}}\n{TOOLS}",
@@ -461,4 +463,54 @@ fn a_repeated_call_id_attaches_instead_of_running_twice() {
         .found;
     assert!(!found);
     let _ = Arc::new(());
+}
+
+#[test]
+fn agent_output_reaches_the_client_live_as_progress() {
+    let c = Cluster::start();
+    let r = drive_http(
+        &c.coordinator.url(),
+        json!([{"op": "call", "name": "lines", "arguments": {}, "progress": true}]),
+    )
+    .remove(0);
+    assert_eq!(r["is_error"], false, "{r}");
+    let progress = r["progress"].as_array().unwrap();
+    let messages: Vec<_> = progress
+        .iter()
+        .filter_map(|p| p["message"].as_str())
+        .collect();
+    assert_eq!(messages.join("\n"), "line1\nline2\nline3", "{progress:?}");
+    assert!(
+        progress.len() >= 2,
+        "output came in one piece: {progress:?}"
+    );
+}
+
+#[test]
+fn sighup_reloads_the_agent_certificates() {
+    let c = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let info = |client: &mut AgentClient<tonic::transport::Channel>| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), client.info(v1::InfoRequest {})).await
+        })
+        .expect("an answer within 10 s")
+    };
+    let mut before = grpc_client(&rt, &c.certs, Some((&c.certs, "coord")), &c.a1);
+    assert!(info(&mut before).is_ok());
+    // Swap the agent's trusted CA for a new one and reload: the old coordinator certificate no
+    // longer chains, so fresh connections from it are refused.
+    let ca = c.certs.dir.join("ca.pem");
+    let original = std::fs::read(&ca).unwrap();
+    let other = Certs::init(&c.scratch.path().join("other"));
+    std::fs::copy(other.dir.join("ca.pem"), &ca).unwrap();
+    c.a1.process.signal(Signal::SIGHUP);
+    c.a1.process
+        .wait_for_log("reloaded the TLS files", Duration::from_secs(10));
+    let mut after = grpc_client(&rt, &c.certs, Some((&c.certs, "coord")), &c.a1);
+    std::fs::write(&ca, &original).unwrap();
+    assert!(
+        info(&mut after).is_err(),
+        "a certificate from the old CA was still accepted"
+    );
 }
