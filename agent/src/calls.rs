@@ -118,6 +118,8 @@ pub struct Calls {
     /// Registered calls without a final event (kept apart so admission never scans the map,
     /// which also holds finished calls).
     running: AtomicUsize,
+    /// Woken when the number of running calls changes.
+    pub changed: tokio::sync::Notify,
 }
 
 /// What `Calls::start` found.
@@ -150,6 +152,7 @@ impl Calls {
         call.push(Event::Accepted(accepted));
         map.insert(id.to_owned(), call.clone());
         self.running.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
         Start::New(call)
     }
 
@@ -158,6 +161,7 @@ impl Calls {
         if !call.is_finished() {
             call.push(Event::Finished(finished));
             self.running.fetch_sub(1, Ordering::SeqCst);
+            self.changed.notify_waiters();
         }
     }
 

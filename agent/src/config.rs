@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use mcpfier_common::HumanDuration;
+use mcpfier_common::membership::valid_prefix;
 use mcpfier_common::tls::{self, Role, TlsFiles, valid_name};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -30,6 +32,50 @@ pub struct AgentConfig {
     /// What this agent runs at most.
     #[serde(default)]
     pub policy: Policy,
+    /// What coordinators dial (`host:port`); defaults to `listen` when that is a routable
+    /// address. Needed with `etcd` when listening on 0.0.0.0 or [::].
+    pub advertise: Option<String>,
+    /// Register in etcd so coordinators find this agent.
+    pub etcd: Option<EtcdSection>,
+    /// When the etcd lease can't be renewed for longer than its TTL, the agent stops taking
+    /// calls; `finish` lets running ones end, `kill` kills them (default finish).
+    #[serde(default)]
+    pub on_lease_loss: OnLeaseLoss,
+    /// On SIGTERM: how long running calls may take to finish before they are killed
+    /// (default 30s).
+    #[serde(default = "default_drain_grace")]
+    pub drain_grace: HumanDuration,
+}
+
+/// The agent's `etcd` section.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix shared with the coordinators, e.g. `/mcpfier/prod`.
+    pub prefix: String,
+    /// Lease TTL (whole seconds; default 3s). The agent leaves routing about this long after it
+    /// stops renewing.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: HumanDuration,
+}
+
+/// What happens to running calls when the lease is lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLeaseLoss {
+    #[default]
+    Finish,
+    Kill,
+}
+
+fn default_lease_ttl() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(3))
+}
+
+fn default_drain_grace() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 
 fn default_capacity() -> u32 {
@@ -81,6 +127,31 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     }
     if config.capacity == 0 {
         problems.push("capacity: must be at least 1".into());
+    }
+    if let Some(etcd) = &config.etcd {
+        if etcd.endpoints.is_empty() {
+            problems.push("etcd.endpoints: list at least one, e.g. http://127.0.0.1:2379".into());
+        }
+        if !valid_prefix(&etcd.prefix) {
+            problems.push(format!("etcd.prefix: `{}` must be an absolute key prefix such as /mcpfier/prod", etcd.prefix));
+        }
+        let ttl = etcd.lease_ttl.get();
+        if ttl.as_secs() < 2 || ttl.subsec_nanos() != 0 {
+            problems.push("etcd.lease_ttl: must be whole seconds, at least 2s".into());
+        }
+        if config.advertise.is_none()
+            && let Ok(addr) = &listen
+            && addr.ip().is_unspecified()
+        {
+            problems.push(format!(
+                "advertise: listening on {addr} says nothing coordinators can dial; set advertise: HOST:PORT"
+            ));
+        }
+    }
+    if let Some(a) = &config.advertise
+        && !a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        problems.push(format!("advertise: `{a}` is not host:port"));
     }
     if config.policy.max_timeout.get().is_zero() {
         problems.push("policy.max_timeout: must be more than zero".into());

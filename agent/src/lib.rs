@@ -10,6 +10,7 @@
 pub mod calls;
 pub mod config;
 pub mod exec;
+pub mod membership;
 pub mod policy;
 pub mod server;
 pub mod service;

@@ -11,17 +11,20 @@ use anyhow::Context;
 use clap::Parser;
 use mcpfier_agent::calls::Calls;
 use mcpfier_agent::server::{self, TlsState};
-use mcpfier_agent::{config, service::AgentService};
+use mcpfier_agent::membership::{self, Membership};
+use mcpfier_agent::service::{Admission, AgentService};
+use mcpfier_agent::config;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Runs mcpfier tool calls for coordinators (gRPC over mutual TLS).
 #[derive(Debug, Parser)]
 #[command(name = "mcpfier-agent", version, about)]
 #[command(
     after_help = "Example:\n  mcpfier-agent --config /etc/mcpfier/agent.yaml\n\n\
-Signals: SIGTERM or SIGINT stops it (running calls are killed); SIGHUP reloads the TLS files."
+Signals: SIGTERM or SIGINT drains it (no new calls; running ones get drain_grace, a second\n\
+signal kills them), leaves etcd and exits 0; SIGHUP reloads the TLS files."
 )]
 struct Cli {
     /// The agent config file.
@@ -79,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let tls = TlsState::load(loaded.tls.clone())?;
     let config = Arc::new(loaded.config);
     let calls = Arc::new(Calls::default());
+    let admission = Arc::new(Admission::default());
     let (listener, local) = server::bind(loaded.listen).await?;
     info!(id = %config.id, address = %local, capacity = config.capacity, "agent listening on {local}");
 
@@ -86,24 +90,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("install a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install a SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("install a SIGHUP handler")?;
-    {
-        let shutdown = shutdown.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = term.recv() => break,
-                    _ = int.recv() => break,
-                    _ = hup.recv() => match tls.reload() {
-                        Ok(()) => info!("reloaded the TLS files"),
-                        Err(e) => error!(error = %format!("{e:#}"), "TLS reload failed; keeping the old certificates"),
-                    },
-                }
-            }
-            info!("shutting down");
-            shutdown.cancel();
-        });
-    }
     {
         let calls = calls.clone();
         let shutdown = shutdown.clone();
@@ -117,13 +103,88 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         });
     }
-    let service = AgentService::new(config, calls.clone());
-    let served = server::serve(listener, tls, service, shutdown.clone()).await;
-    calls.cancel_all();
-    // Give cancelled calls a moment to kill their process groups and report.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while calls.running() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let service = AgentService::new(config.clone(), calls.clone(), admission.clone());
+    let server_shutdown = CancellationToken::new();
+    let mut server = tokio::spawn(server::serve(listener, tls.clone(), service, server_shutdown.clone()));
+
+    let mut membership = None;
+    if let Some(etcd) = &config.etcd {
+        let address = match &config.advertise {
+            Some(a) => a.clone(),
+            None => local.to_string(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let m = Membership {
+            id: config.id.clone(),
+            etcd: etcd.clone(),
+            record: membership::initial_record(address, &config),
+            on_lease_loss: config.on_lease_loss,
+            calls: calls.clone(),
+            admission: admission.clone(),
+        };
+        let handle = tokio::spawn(m.run(shutdown.clone(), tx));
+        // Wait for the first registration, but keep serving meanwhile; a duplicate id is fatal.
+        tokio::select! {
+            first = rx => match first {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    server_shutdown.cancel();
+                    return Err(e.into());
+                }
+                Err(_) => anyhow::bail!("the etcd registration task ended unexpectedly"),
+            },
+            _ = term.recv() => { server_shutdown.cancel(); return Ok(()); }
+            _ = int.recv() => { server_shutdown.cancel(); return Ok(()); }
+        }
+        membership = Some(handle);
     }
-    served
+
+    // Serve until a signal (or a fatal membership error).
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match tls.reload() {
+                Ok(()) => info!("reloaded the TLS files"),
+                Err(e) => error!(error = %format!("{e:#}"), "TLS reload failed; keeping the old certificates"),
+            },
+            () = shutdown.cancelled() => break,
+            r = &mut server => return r.context("the gRPC server task")?,
+        }
+    }
+
+    // Drain: no new calls; running ones get the grace, or until a second signal.
+    let grace = config.drain_grace.get();
+    info!(running = calls.running(), grace = %humantime::format_duration(grace), "draining");
+    admission.set_draining();
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    loop {
+        if calls.running() == 0 {
+            break;
+        }
+        tokio::select! {
+            () = calls.changed.notified() => {}
+            () = &mut deadline => { warn!(running = calls.running(), "drain grace over; killing what is left"); break; }
+            _ = term.recv() => { warn!("second signal; killing what is left"); break; }
+            _ = int.recv() => { warn!("second signal; killing what is left"); break; }
+        }
+    }
+    calls.cancel_all();
+    let killed_by = tokio::time::Instant::now() + Duration::from_secs(5);
+    while calls.running() > 0 && tokio::time::Instant::now() < killed_by {
+        tokio::select! {
+            () = calls.changed.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    // Leave etcd (the lease is revoked), then stop serving.
+    shutdown.cancel();
+    if let Some(handle) = membership {
+        let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+    }
+    server_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    info!("stopped");
+    Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{Stream, StreamExt};
 use mcpfier_proto::v1::{
@@ -22,16 +23,52 @@ pub const FEATURES: &[&str] = &["local-exec", "attach", "cancel"];
 /// Metadata key naming the kind of a refusal, for the coordinator to branch on.
 pub const ERROR_KIND: &str = "mcpfier-error-kind";
 
+/// Whether the agent takes new calls.
+#[derive(Default)]
+pub struct Admission {
+    /// Set on SIGTERM: running calls finish, new ones go elsewhere.
+    pub draining: AtomicBool,
+    /// Set while the etcd lease can't be renewed (self-fencing).
+    pub fenced: AtomicBool,
+    /// Woken when either flag changes.
+    pub changed: tokio::sync::Notify,
+}
+
+impl Admission {
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub fn set_fenced(&self, fenced: bool) {
+        self.fenced.store(fenced, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+}
+
 /// The service: cheap to clone.
 #[derive(Clone)]
 pub struct AgentService {
     config: Arc<AgentConfig>,
     calls: Arc<Calls>,
+    admission: Arc<Admission>,
 }
 
 impl AgentService {
-    pub fn new(config: Arc<AgentConfig>, calls: Arc<Calls>) -> Self {
-        Self { config, calls }
+    pub fn new(config: Arc<AgentConfig>, calls: Arc<Calls>, admission: Arc<Admission>) -> Self {
+        Self {
+            config,
+            calls,
+            admission,
+        }
     }
 }
 
@@ -90,6 +127,21 @@ impl agent_server::Agent for AgentService {
             agent_id: agent.clone(),
             attached: false,
         };
+        let known = self.calls.get(&req.call_id).is_some();
+        if !known && self.admission.draining() {
+            return Err(refused(
+                tonic::Code::Unavailable,
+                "draining",
+                format!("agent `{agent}` is draining and takes no new calls"),
+            ));
+        }
+        if !known && self.admission.fenced() {
+            return Err(refused(
+                tonic::Code::Unavailable,
+                "fenced",
+                format!("agent `{agent}` lost its etcd lease and takes no calls until it renews it"),
+            ));
+        }
         match self
             .calls
             .start(&req.call_id, self.config.capacity as usize, accepted)
@@ -151,6 +203,7 @@ impl agent_server::Agent for AgentService {
             labels: self.config.labels.clone().into_iter().collect(),
             capacity: self.config.capacity,
             features: FEATURES.iter().map(|f| f.to_string()).collect(),
+            allow_tools: self.config.policy.allow_tools.clone(),
         }))
     }
 
@@ -158,7 +211,7 @@ impl agent_server::Agent for AgentService {
         Ok(Response::new(HealthResponse {
             running: self.calls.running() as u32,
             capacity: self.config.capacity,
-            draining: false,
+            draining: self.admission.draining() || self.admission.fenced(),
         }))
     }
 }

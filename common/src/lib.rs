@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod membership;
 pub mod tls;
 
 use std::fmt;

@@ -1,0 +1,308 @@
+//! The fleet's membership in etcd — the one module that reads and writes mcpfier's etcd keys.
+//!
+//! Key schema (see `docs/membership.md`): `<prefix>/agents/<id>` holds an [`AgentRecord`] as
+//! JSON, attached to the agent's lease, so the key disappears when the agent stops renewing.
+//! Agents register with a transaction that never takes over a key held by another live
+//! lease; coordinators list the prefix and then watch it from the listed revision.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
+};
+use serde::{Deserialize, Serialize};
+
+/// How long connecting to etcd, and one request to it, may take.
+pub const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What an agent publishes about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// What coordinators dial (`host:port`).
+    pub address: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    /// Calls running when the record was written.
+    #[serde(default)]
+    pub running: u32,
+    pub version: String,
+    pub protocol_version: String,
+    /// Unix time in milliseconds.
+    pub started_at: u64,
+    /// Unix time in milliseconds of this write (the agent rewrites the record at least once
+    /// per lease TTL, so this is its "last seen").
+    pub updated_at: u64,
+    #[serde(default)]
+    pub draining: bool,
+    /// Optional behaviour, e.g. `local-exec`, `docker`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// The agent's `policy.allow_tools` globs.
+    #[serde(default)]
+    pub allow_tools: Vec<String>,
+}
+
+/// Unix time now, in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// `<prefix>/agents/`.
+pub fn agents_prefix(prefix: &str) -> String {
+    format!("{}/agents/", prefix.trim_end_matches('/'))
+}
+
+/// `<prefix>/agents/<id>`.
+pub fn agent_key(prefix: &str, id: &str) -> String {
+    format!("{}{id}", agents_prefix(prefix))
+}
+
+/// Whether `prefix` can be a key prefix: absolute, no trailing slash needed.
+pub fn valid_prefix(prefix: &str) -> bool {
+    prefix.starts_with('/') && prefix.len() > 1 && !prefix.contains("//")
+}
+
+/// Why talking to etcd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("etcd at {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    #[error(
+        "agent id `{id}` is already registered by a live agent (key {key}, lease {lease:x}); stop that agent or give this one another id"
+    )]
+    Duplicate { id: String, key: String, lease: i64 },
+    #[error("the record at {key} is not an agent record: {why}")]
+    BadRecord { key: String, why: String },
+}
+
+/// A connection to etcd, with the endpoints kept for messages.
+#[derive(Clone)]
+pub struct Etcd {
+    pub client: Client,
+    endpoints: String,
+}
+
+impl Etcd {
+    /// Connects to the first reachable endpoint.
+    pub async fn connect(endpoints: &[String]) -> Result<Etcd, Error> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(ETCD_TIMEOUT)
+            .with_timeout(ETCD_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let joined = endpoints.join(",");
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|source| Error::Etcd {
+                endpoints: joined.clone(),
+                source,
+            })?;
+        Ok(Etcd {
+            client,
+            endpoints: joined,
+        })
+    }
+
+    fn err(&self, source: etcd_client::Error) -> Error {
+        Error::Etcd {
+            endpoints: self.endpoints.clone(),
+            source,
+        }
+    }
+
+    /// Grants a lease of `ttl` (whole seconds, at least 1).
+    pub async fn grant(&self, ttl: Duration) -> Result<i64, Error> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let r = self
+            .client
+            .clone()
+            .lease_grant(secs, None)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.id())
+    }
+
+    /// Writes `record` at `key` on `lease` unless another key holder exists; the
+    /// registration transaction.
+    pub async fn register(
+        &self,
+        prefix: &str,
+        id: &str,
+        record: &AgentRecord,
+        lease: i64,
+    ) -> Result<(), Error> {
+        let key = agent_key(prefix, id);
+        let value = serde_json::to_vec(record).expect("a record serializes");
+        let txn = Txn::new()
+            .when([
+                // Free, or already ours (a re-registration on the same lease).
+                Compare::version(key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(
+                key.clone(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let r = self.client.clone().txn(txn).await.map_err(|e| self.err(e))?;
+        if r.succeeded() {
+            return Ok(());
+        }
+        // Someone holds the key. If it is our own lease, just rewrite it.
+        let holder = self
+            .client
+            .clone()
+            .get(key.clone(), None)
+            .await
+            .map_err(|e| self.err(e))?
+            .kvs()
+            .first()
+            .map(|kv| kv.lease())
+            .unwrap_or_default();
+        if holder == lease {
+            return self.update(prefix, id, record, lease).await;
+        }
+        Err(Error::Duplicate {
+            id: id.to_owned(),
+            key,
+            lease: holder,
+        })
+    }
+
+    /// Rewrites an agent's record on its lease (load and drain updates, heartbeats).
+    pub async fn update(
+        &self,
+        prefix: &str,
+        id: &str,
+        record: &AgentRecord,
+        lease: i64,
+    ) -> Result<(), Error> {
+        let key = agent_key(prefix, id);
+        // Only while the key is still on this lease: never resurrect or steal it.
+        let txn = Txn::new()
+            .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::put(
+                key,
+                serde_json::to_vec(record).expect("a record serializes"),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        self.client.clone().txn(txn).await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Revokes a lease (its keys go at once).
+    pub async fn revoke(&self, lease: i64) -> Result<(), Error> {
+        self.client
+            .clone()
+            .lease_revoke(lease)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Renews `lease` once; returns the remaining TTL in seconds (0: the lease is gone).
+    pub async fn keep_alive_once(&self, lease: i64) -> Result<i64, Error> {
+        let (mut keeper, mut stream) = self
+            .client
+            .clone()
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| self.err(e))?;
+        keeper.keep_alive().await.map_err(|e| self.err(e))?;
+        match stream.message().await.map_err(|e| self.err(e))? {
+            Some(r) => Ok(r.ttl()),
+            None => Ok(0),
+        }
+    }
+
+    /// Every agent record under `prefix`, and the revision they were read at.
+    pub async fn list(&self, prefix: &str) -> Result<(BTreeMap<String, AgentRecord>, i64), Error> {
+        let base = agents_prefix(prefix);
+        let r = self
+            .client
+            .clone()
+            .get(base.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.err(e))?;
+        let revision = r.header().map(|h| h.revision()).unwrap_or_default();
+        let mut agents = BTreeMap::new();
+        for kv in r.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let id = key[base.len()..].to_owned();
+            match serde_json::from_slice::<AgentRecord>(kv.value()) {
+                Ok(record) => {
+                    agents.insert(id, record);
+                }
+                Err(e) => tracing::warn!(%key, error = %e, "skipping a malformed agent record"),
+            }
+        }
+        Ok((agents, revision))
+    }
+
+    /// Watches `prefix` from `revision` (exclusive of what `list` returned).
+    pub async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream, Error> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after_revision + 1);
+        self.client
+            .clone()
+            .watch(agents_prefix(prefix), Some(options))
+            .await
+            .map_err(|e| self.err(e))
+    }
+}
+
+/// A change to the membership.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Put(String, AgentRecord),
+    Delete(String),
+}
+
+/// The changes in one watch response, or why the watch must restart from a fresh list.
+pub fn changes(prefix: &str, response: &etcd_client::WatchResponse) -> Result<Vec<Change>, String> {
+    if response.canceled() || response.compact_revision() > 0 {
+        return Err(format!(
+            "watch cancelled (compacted at revision {}: {})",
+            response.compact_revision(),
+            response.cancel_reason()
+        ));
+    }
+    let base = agents_prefix(prefix);
+    let mut out = Vec::new();
+    for event in response.events() {
+        let Some(kv) = event.kv() else { continue };
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let Some(id) = key.strip_prefix(&base) else { continue };
+        match event.event_type() {
+            EventType::Put => match serde_json::from_slice::<AgentRecord>(kv.value()) {
+                Ok(record) => out.push(Change::Put(id.to_owned(), record)),
+                Err(e) => tracing::warn!(%key, error = %e, "skipping a malformed agent record"),
+            },
+            EventType::Delete => out.push(Change::Delete(id.to_owned())),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_schema() {
+        assert_eq!(agent_key("/mcpfier/prod", "a1"), "/mcpfier/prod/agents/a1");
+        assert_eq!(agent_key("/mcpfier/prod/", "a1"), "/mcpfier/prod/agents/a1");
+        assert!(valid_prefix("/mcpfier/prod"));
+        assert!(!valid_prefix("mcpfier"));
+        assert!(!valid_prefix("/"));
+    }
+}
