@@ -133,7 +133,10 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             problems.push("etcd.endpoints: list at least one, e.g. http://127.0.0.1:2379".into());
         }
         if !valid_prefix(&etcd.prefix) {
-            problems.push(format!("etcd.prefix: `{}` must be an absolute key prefix such as /mcpfier/prod", etcd.prefix));
+            problems.push(format!(
+                "etcd.prefix: `{}` must be an absolute key prefix such as /mcpfier/prod",
+                etcd.prefix
+            ));
         }
         let ttl = etcd.lease_ttl.get();
         if ttl.as_secs() < 2 || ttl.subsec_nanos() != 0 {
@@ -149,7 +152,9 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         }
     }
     if let Some(a) = &config.advertise
-        && !a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+        && !a
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
     {
         problems.push(format!("advertise: `{a}` is not host:port"));
     }

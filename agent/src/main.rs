@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mcpfier_agent::calls::Calls;
-use mcpfier_agent::server::{self, TlsState};
-use mcpfier_agent::membership::{self, Membership};
-use mcpfier_agent::service::{Admission, AgentService};
 use mcpfier_agent::config;
+use mcpfier_agent::membership::{self, Membership};
+use mcpfier_agent::server::{self, TlsState};
+use mcpfier_agent::service::{Admission, AgentService};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -105,7 +105,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let service = AgentService::new(config.clone(), calls.clone(), admission.clone());
     let server_shutdown = CancellationToken::new();
-    let mut server = tokio::spawn(server::serve(listener, tls.clone(), service, server_shutdown.clone()));
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        tls.clone(),
+        service,
+        server_shutdown.clone(),
+    ));
 
     let mut membership = None;
     if let Some(etcd) = &config.etcd {

@@ -30,10 +30,7 @@ pub struct Membership {
 }
 
 /// The record an agent starts with.
-pub fn initial_record(
-    address: String,
-    config: &crate::config::AgentConfig,
-) -> AgentRecord {
+pub fn initial_record(address: String, config: &crate::config::AgentConfig) -> AgentRecord {
     let now = now_ms();
     AgentRecord {
         address,
@@ -112,7 +109,10 @@ impl Membership {
                     }
                 },
             };
-            match etcd.register(&self.etcd.prefix, &self.id, &self.current(), id).await {
+            match etcd
+                .register(&self.etcd.prefix, &self.id, &self.current(), id)
+                .await
+            {
                 Ok(()) => {}
                 Err(Error::Duplicate { .. })
                     if first.is_some() && started.elapsed() < ttl + Duration::from_secs(2) =>
@@ -153,10 +153,15 @@ impl Membership {
             if let Some(tx) = first.take() {
                 let _ = tx.send(Ok(()));
             }
-            match self.keep(&etcd, id, ttl, &mut last_renewed, &shutdown).await {
+            match self
+                .keep(&etcd, id, ttl, &mut last_renewed, &shutdown)
+                .await
+            {
                 Ok(()) => {
                     // Shutdown: leave at once rather than after the TTL.
-                    let _ = etcd.update(&self.etcd.prefix, &self.id, &self.current(), id).await;
+                    let _ = etcd
+                        .update(&self.etcd.prefix, &self.id, &self.current(), id)
+                        .await;
                     if let Err(e) = etcd.revoke(id).await {
                         warn!(error = %e, "could not revoke the lease; it expires by itself");
                     }
@@ -213,10 +218,13 @@ impl Membership {
                 () = shutdown.cancelled() => return Ok(()),
             }
             if dirty && last_update.elapsed() >= MIN_UPDATE_GAP {
-                tokio::time::timeout(ttl / 3, etcd.update(&self.etcd.prefix, &self.id, &self.current(), lease))
-                    .await
-                    .map_err(|_| "record update timed out".to_owned())?
-                    .map_err(|e| e.to_string())?;
+                tokio::time::timeout(
+                    ttl / 3,
+                    etcd.update(&self.etcd.prefix, &self.id, &self.current(), lease),
+                )
+                .await
+                .map_err(|_| "record update timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
                 dirty = false;
                 last_update = Instant::now();
             }

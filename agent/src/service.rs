@@ -139,7 +139,9 @@ impl agent_server::Agent for AgentService {
             return Err(refused(
                 tonic::Code::Unavailable,
                 "fenced",
-                format!("agent `{agent}` lost its etcd lease and takes no calls until it renews it"),
+                format!(
+                    "agent `{agent}` lost its etcd lease and takes no calls until it renews it"
+                ),
             ));
         }
         match self

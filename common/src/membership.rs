@@ -152,7 +152,12 @@ impl Etcd {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let r = self.client.clone().txn(txn).await.map_err(|e| self.err(e))?;
+        let r = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| self.err(e))?;
         if r.succeeded() {
             return Ok(());
         }
@@ -194,7 +199,11 @@ impl Etcd {
                 serde_json::to_vec(record).expect("a record serializes"),
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        self.client.clone().txn(txn).await.map_err(|e| self.err(e))?;
+        self.client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -281,7 +290,9 @@ pub fn changes(prefix: &str, response: &etcd_client::WatchResponse) -> Result<Ve
     for event in response.events() {
         let Some(kv) = event.kv() else { continue };
         let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let Some(id) = key.strip_prefix(&base) else { continue };
+        let Some(id) = key.strip_prefix(&base) else {
+            continue;
+        };
         match event.event_type() {
             EventType::Put => match serde_json::from_slice::<AgentRecord>(kv.value()) {
                 Ok(record) => out.push(Change::Put(id.to_owned(), record)),

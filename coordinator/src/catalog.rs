@@ -41,6 +41,7 @@ pub struct FleetSettings {
     /// TLS files with paths resolved against the config file's directory.
     pub tls: TlsFiles,
     pub agents: Vec<AgentEntry>,
+    pub etcd: Option<crate::config::EtcdSection>,
     pub health_interval: Duration,
     pub connect_timeout: Duration,
 }
@@ -287,6 +288,23 @@ fn build_fleet(
             ));
         }
     }
+    if let Some(etcd) = &section.etcd {
+        if etcd.endpoints.is_empty() {
+            problems.push(Problem::new(
+                "fleet.etcd.endpoints",
+                "list at least one, e.g. http://127.0.0.1:2379",
+            ));
+        }
+        if !mcpfier_common::membership::valid_prefix(&etcd.prefix) {
+            problems.push(Problem::new(
+                "fleet.etcd.prefix",
+                format!(
+                    "`{}` must be an absolute key prefix such as /mcpfier/prod",
+                    etcd.prefix
+                ),
+            ));
+        }
+    }
     if section.health_interval.get().is_zero() {
         problems.push(Problem::new(
             "fleet.health_interval",
@@ -302,6 +320,7 @@ fn build_fleet(
     FleetSettings {
         tls,
         agents: section.agents.clone(),
+        etcd: section.etcd.clone(),
         health_interval: section.health_interval.get(),
         connect_timeout: section.connect_timeout.get(),
     }

@@ -83,6 +83,13 @@ Exit status: the command's own; 124 on timeout; 128+N when killed by signal N;\n
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// List the agents registered in etcd (fleet.etcd in the config).
+    #[command(after_help = "Example:\n  mcpfier --config mcpfier.yaml agents --json")]
+    Agents {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  mcpfier completion bash > /etc/bash_completion.d/mcpfier")]
     Completion {

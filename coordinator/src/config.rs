@@ -82,9 +82,11 @@ pub struct FleetSection {
     /// The coordinator's CA, certificate (role coordinator) and key; relative paths are read
     /// from the config file's directory.
     pub tls: mcpfier_common::tls::TlsFiles,
-    /// The agents, each with the id its certificate was issued for.
+    /// Agents listed by hand, each with the id its certificate was issued for.
     #[serde(default)]
     pub agents: Vec<AgentEntry>,
+    /// Follow the agents registered in etcd under this prefix.
+    pub etcd: Option<EtcdSection>,
     /// How often each agent's health is checked (default 1s).
     #[serde(default = "default_health_interval")]
     pub health_interval: HumanDuration,
@@ -98,6 +100,16 @@ fn default_health_interval() -> HumanDuration {
 }
 fn default_connect_timeout() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(2))
+}
+
+/// Where the coordinator finds registered agents.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix shared with the agents, e.g. `/mcpfier/prod`.
+    pub prefix: String,
 }
 
 /// One agent of a static fleet.

@@ -72,6 +72,11 @@ impl Dispatcher {
         &self.catalog
     }
 
+    /// The fleet, in fleet mode.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
     /// Runs `exec` for `tool`. Waiting for a free slot is bounded by the tool's timeout;
     /// the run itself then gets the whole timeout.
     pub async fn run(

@@ -22,6 +22,7 @@ use mcpfier_agent::wire;
 use mcpfier_common::tls::{self, Identity, Role};
 use mcpfier_proto::v1::{self, agent_client::AgentClient, execute_event};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
@@ -81,16 +82,46 @@ struct Status {
     draining: bool,
     last_error: Option<String>,
     info_known: bool,
+    /// `policy.allow_tools` globs (empty: not known yet, assume all).
+    allow_tools: Vec<String>,
+    /// Unix ms of the last record from etcd (etcd agents).
+    updated_at: Option<u64>,
+}
+
+/// Where the coordinator learned of an agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Static,
+    Etcd,
 }
 
 /// One agent: its connection and state.
 pub struct Agent {
     pub id: String,
     pub address: String,
+    pub source: Source,
     client: AgentClient<Channel>,
     status: RwLock<Status>,
     /// Calls this coordinator has in flight on it.
     inflight: AtomicU32,
+    /// Bumped whenever routing may have changed.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+/// One agent as `/fleet` and logs show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub address: String,
+    pub source: &'static str,
+    pub healthy: bool,
+    pub draining: bool,
+    pub labels: BTreeMap<String, String>,
+    pub running: u32,
+    pub capacity: u32,
+    pub inflight: u32,
+    pub last_error: Option<String>,
+    pub updated_at_ms: Option<u64>,
 }
 
 impl Agent {
@@ -101,8 +132,61 @@ impl Agent {
             .clone()
     }
 
+    /// Changes the status; tells routing watchers when it matters to them.
     fn update(&self, f: impl FnOnce(&mut Status)) {
-        f(&mut self.status.write().unwrap_or_else(|p| p.into_inner()));
+        let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+        let before = (
+            status.healthy,
+            status.draining,
+            status.labels.clone(),
+            status.allow_tools.clone(),
+        );
+        f(&mut status);
+        let after = (
+            status.healthy,
+            status.draining,
+            status.labels.clone(),
+            status.allow_tools.clone(),
+        );
+        drop(status);
+        if before != after {
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    fn view(&self) -> AgentView {
+        let s = self.status();
+        AgentView {
+            id: self.id.clone(),
+            address: self.address.clone(),
+            source: match self.source {
+                Source::Static => "static",
+                Source::Etcd => "etcd",
+            },
+            healthy: s.healthy,
+            draining: s.draining,
+            labels: s.labels,
+            running: s.running,
+            capacity: s.capacity,
+            inflight: self.inflight.load(Ordering::SeqCst),
+            last_error: s.last_error,
+            updated_at_ms: s.updated_at,
+        }
+    }
+
+    /// Whether this agent may run `tool` now.
+    fn can_run(&self, tool: &Tool) -> bool {
+        let s = self.status();
+        s.healthy
+            && !s.draining
+            && tool
+                .placement
+                .iter()
+                .all(|(k, v)| s.labels.get(k) == Some(v))
+            && (s.allow_tools.is_empty()
+                || s.allow_tools
+                    .iter()
+                    .any(|g| mcpfier_agent::policy::glob_match(g, &tool.name)))
     }
 
     /// Takes the agent out of routing until a health check succeeds again.
@@ -128,7 +212,12 @@ impl Agent {
                 s.last_error.as_deref().unwrap_or("not checked yet")
             )
         };
-        format!("{} [{}] ({state})", self.id, labels.join(", "))
+        let policy = if s.allow_tools.is_empty() || s.allow_tools == ["*"] {
+            String::new()
+        } else {
+            format!(" allows {}", s.allow_tools.join(", "))
+        };
+        format!("{} [{}]{policy} ({state})", self.id, labels.join(", "))
     }
 
     async fn probe(&self) {
@@ -153,6 +242,7 @@ impl Agent {
                 self.update(|s| {
                     s.labels = info.labels.into_iter().collect();
                     s.capacity = info.capacity.max(1);
+                    s.allow_tools = info.allow_tools;
                     s.info_known = true;
                 });
             }
@@ -199,30 +289,28 @@ impl Drop for Inflight {
     }
 }
 
+/// What the coordinator knows of etcd.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct EtcdView {
+    pub configured: bool,
+    pub connected: bool,
+    pub last_error: Option<String>,
+}
+
 /// The fleet: cheap to share behind an `Arc`.
 pub struct Fleet {
-    agents: Vec<Arc<Agent>>,
+    agents: RwLock<Vec<Arc<Agent>>>,
     rotate: AtomicUsize,
+    material: tls::Material,
+    connect_timeout: Duration,
+    changes: Arc<watch::Sender<u64>>,
+    etcd: RwLock<EtcdView>,
 }
 
 /// A finished remote call.
 pub struct Ran {
     pub outcome: Outcome,
     pub agent: String,
-}
-
-fn connect(
-    settings: &FleetSettings,
-    material: &tls::Material,
-    id: &str,
-    address: &str,
-) -> anyhow::Result<AgentClient<Channel>> {
-    let config = tls::client_config(material, Identity::new(Role::Agent, id))?;
-    Ok(AgentClient::new(channel(
-        config,
-        address,
-        settings.connect_timeout,
-    )?))
 }
 
 /// A lazily connecting gRPC channel to `address` over TLS with `config`: one HTTP/2
@@ -256,38 +344,52 @@ pub fn channel(
 }
 
 impl Fleet {
-    /// Connects (lazily) to every agent, checks them once, and keeps checking every
+    /// Connects (lazily) to every static agent and checks them once; follows etcd membership
+    /// when configured; keeps checking static agents (and etcd agents out of routing) every
     /// `health_interval` until `shutdown`.
     pub async fn start(
         settings: &FleetSettings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Fleet>> {
         let material = tls::load(&settings.tls)?;
-        let mut agents = Vec::new();
-        for entry in &settings.agents {
-            agents.push(Arc::new(Agent {
-                id: entry.id.clone(),
-                address: entry.address.clone(),
-                client: connect(settings, &material, &entry.id, &entry.address)?,
-                status: RwLock::new(Status::default()),
-                inflight: AtomicU32::new(0),
-            }));
-        }
         let fleet = Arc::new(Fleet {
-            agents,
+            agents: RwLock::new(Vec::new()),
             rotate: AtomicUsize::new(0),
+            material,
+            connect_timeout: settings.connect_timeout,
+            changes: Arc::new(watch::channel(0).0),
+            etcd: RwLock::new(EtcdView {
+                configured: settings.etcd.is_some(),
+                ..EtcdView::default()
+            }),
         });
-        futures::future::join_all(fleet.agents.iter().map(|a| a.probe())).await;
-        for agent in &fleet.agents {
-            let agent = agent.clone();
-            let shutdown = shutdown.clone();
+        for entry in &settings.agents {
+            let agent = fleet.new_agent(&entry.id, &entry.address, Source::Static)?;
+            fleet.write_agents().push(agent);
+        }
+        futures::future::join_all(fleet.snapshot().iter().map(|a| a.probe())).await;
+        if let Some(etcd) = &settings.etcd {
+            let first = crate::membership::follow(fleet.clone(), etcd.clone(), shutdown.clone());
+            // Route with a first list when etcd answers quickly; otherwise start anyway and
+            // catch up when it does.
+            let _ = tokio::time::timeout(Duration::from_secs(3), first).await;
+        }
+        {
+            let fleet = fleet.clone();
             let every = settings.health_interval;
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => agent.probe().await,
+                        _ = tick.tick() => {
+                            let due: Vec<_> = fleet
+                                .snapshot()
+                                .into_iter()
+                                .filter(|a| a.source == Source::Static || !a.status().healthy)
+                                .collect();
+                            futures::future::join_all(due.iter().map(|a| a.probe())).await;
+                        }
                         () = shutdown.cancelled() => return,
                     }
                 }
@@ -296,23 +398,152 @@ impl Fleet {
         Ok(fleet)
     }
 
+    fn new_agent(&self, id: &str, address: &str, source: Source) -> anyhow::Result<Arc<Agent>> {
+        let config = tls::client_config(&self.material, Identity::new(Role::Agent, id))?;
+        Ok(Arc::new(Agent {
+            id: id.to_owned(),
+            address: address.to_owned(),
+            source,
+            client: AgentClient::new(channel(config, address, self.connect_timeout)?),
+            status: RwLock::new(Status::default()),
+            inflight: AtomicU32::new(0),
+            changes: self.changes.clone(),
+        }))
+    }
+
+    fn write_agents(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Agent>>> {
+        self.agents.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Agent>> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Bumped whenever routing may have changed (agents joining, leaving, health, drain).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether some agent may run `tool` now.
+    pub fn can_run(&self, tool: &Tool) -> bool {
+        self.snapshot().iter().any(|a| a.can_run(tool))
+    }
+
+    /// The routing table and etcd state, for `/fleet`.
+    pub fn view(&self) -> (Vec<AgentView>, EtcdView) {
+        let agents = self.snapshot().iter().map(|a| a.view()).collect();
+        let etcd = self.etcd.read().unwrap_or_else(|p| p.into_inner()).clone();
+        (agents, etcd)
+    }
+
+    /// Records whether etcd answers.
+    pub(crate) fn set_etcd(&self, connected: bool, error: Option<String>) {
+        let mut e = self.etcd.write().unwrap_or_else(|p| p.into_inner());
+        e.connected = connected;
+        if error.is_some() || connected {
+            e.last_error = error;
+        }
+    }
+
+    /// Applies an agent record from etcd: joins a new agent, or updates a known one.
+    pub(crate) fn upsert_from_etcd(
+        &self,
+        id: &str,
+        record: &mcpfier_common::membership::AgentRecord,
+    ) {
+        if !mcpfier_common::tls::valid_name(id) {
+            warn!(agent = %id, "ignoring an etcd record with an invalid agent id");
+            return;
+        }
+        let existing = self
+            .snapshot()
+            .into_iter()
+            .find(|a| a.id == id && a.source == Source::Etcd);
+        let agent = match existing {
+            Some(a) if a.address == record.address => a,
+            other => {
+                let agent = match self.new_agent(id, &record.address, Source::Etcd) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(agent = %id, error = %e, "cannot use this agent");
+                        return;
+                    }
+                };
+                let mut agents = self.write_agents();
+                if let Some(old) = other {
+                    agents.retain(|a| !Arc::ptr_eq(a, &old));
+                }
+                agents.push(agent.clone());
+                drop(agents);
+                info!(agent = %id, address = %record.address, "agent joined");
+                // Trust the registration for routing; the first call's TLS handshake checks
+                // the agent's identity, and a failure takes it out again.
+                agent.update(|s| s.healthy = true);
+                agent
+            }
+        };
+        agent.update(|s| {
+            s.labels = record.labels.clone();
+            s.capacity = record.capacity.max(1);
+            s.running = record.running;
+            s.draining = record.draining;
+            s.allow_tools = record.allow_tools.clone();
+            s.updated_at = Some(record.updated_at);
+            s.info_known = true;
+        });
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Removes an etcd agent whose key is gone (lease expired or revoked).
+    pub(crate) fn remove_from_etcd(&self, id: &str) {
+        let mut agents = self.write_agents();
+        let before = agents.len();
+        agents.retain(|a| !(a.id == id && a.source == Source::Etcd));
+        let removed = agents.len() != before;
+        drop(agents);
+        if removed {
+            info!(agent = %id, "agent left");
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Replaces the etcd agents with a fresh listing.
+    pub(crate) fn replace_etcd(
+        &self,
+        records: &BTreeMap<String, mcpfier_common::membership::AgentRecord>,
+    ) {
+        let gone: Vec<String> = self
+            .snapshot()
+            .iter()
+            .filter(|a| a.source == Source::Etcd && !records.contains_key(&a.id))
+            .map(|a| a.id.clone())
+            .collect();
+        for id in gone {
+            self.remove_from_etcd(&id);
+        }
+        for (id, record) in records {
+            self.upsert_from_etcd(id, record);
+        }
+    }
+
     /// The agent to run a call with these placement labels, skipping `exclude`.
-    fn pick(&self, labels: &BTreeMap<String, String>, exclude: &[String]) -> Option<Arc<Agent>> {
-        let n = self.agents.len();
+    fn pick(&self, tool: &Tool, exclude: &[String]) -> Option<Arc<Agent>> {
+        let agents = self.snapshot();
+        let n = agents.len();
         if n == 0 {
             return None;
         }
         let start = self.rotate.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(f64, Arc<Agent>)> = None;
         for k in 0..n {
-            let agent = &self.agents[(start + k) % n];
+            let agent = &agents[(start + k) % n];
+            if exclude.contains(&agent.id) || !agent.can_run(tool) {
+                continue;
+            }
             let s = agent.status();
-            if !s.healthy || s.draining || exclude.contains(&agent.id) {
-                continue;
-            }
-            if !labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)) {
-                continue;
-            }
             let running = agent.inflight.load(Ordering::SeqCst).max(s.running);
             let load = running as f64 / s.capacity.max(1) as f64;
             if best.as_ref().is_none_or(|(b, _)| load < *b) {
@@ -332,7 +563,7 @@ impl Fleet {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let agents: Vec<_> = self.agents.iter().map(|a| a.describe()).collect();
+        let agents: Vec<_> = self.snapshot().iter().map(|a| a.describe()).collect();
         Error::NoAgent(format!(
             "none healthy with labels {wanted}; agents: {}",
             if agents.is_empty() {
@@ -359,7 +590,7 @@ impl Fleet {
         let mut retried = false;
         let mut call_id = uuid::Uuid::new_v4().to_string();
         loop {
-            let Some(agent) = self.pick(&tool.placement, &tried) else {
+            let Some(agent) = self.pick(tool, &tried) else {
                 return Err(if tried.is_empty() {
                     self.no_agent(&tool.placement)
                 } else {

@@ -49,6 +49,7 @@ pub fn router(dispatcher: Dispatcher, shutdown: CancellationToken) -> Router {
         .with_allowed_origins(origins)
         .enforce_origin_validation()
         .with_cancellation_token(shutdown.child_token());
+    let fleet = dispatcher.fleet().cloned();
     let server = Server::new(dispatcher);
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
@@ -58,6 +59,22 @@ pub fn router(dispatcher: Dispatcher, shutdown: CancellationToken) -> Router {
     Router::new()
         .nest_service("/mcp", service)
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/fleet",
+            axum::routing::get(move || {
+                let fleet = fleet.clone();
+                async move {
+                    let body = match fleet {
+                        Some(f) => {
+                            let (agents, etcd) = f.view();
+                            serde_json::json!({"mode": "fleet", "etcd": etcd, "agents": agents})
+                        }
+                        None => serde_json::json!({"mode": "embedded", "agents": []}),
+                    };
+                    axum::Json(body)
+                }
+            }),
+        )
 }
 
 /// Serves until `shutdown` is cancelled. Calls still running are killed as their requests

@@ -10,5 +10,6 @@ pub mod dispatch;
 pub mod fleet;
 pub mod http;
 pub mod mcp;
+pub mod membership;
 pub mod params;
 pub mod template;

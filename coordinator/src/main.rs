@@ -73,6 +73,55 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
         }
+        Command::Agents { json } => {
+            let (_, catalog) = load(&cli, &env)?;
+            let Some(etcd) = catalog.fleet.as_ref().and_then(|f| f.etcd.as_ref()) else {
+                bail!(
+                    "the config has no fleet.etcd section; `mcpfier agents` lists agents registered in etcd"
+                );
+            };
+            let client = mcpfier_common::membership::Etcd::connect(&etcd.endpoints).await?;
+            let (agents, _) = client.list(&etcd.prefix).await?;
+            let now = mcpfier_common::membership::now_ms();
+            if *json {
+                let list: Vec<_> = agents
+                    .iter()
+                    .map(|(id, r)| {
+                        json!({
+                            "id": id, "address": r.address, "labels": r.labels,
+                            "health": if r.draining { "draining" } else { "registered" },
+                            "running": r.running, "capacity": r.capacity,
+                            "version": r.version, "started_at_ms": r.started_at,
+                            "last_seen_ms": r.updated_at,
+                            "last_seen_ago_ms": now.saturating_sub(r.updated_at),
+                            "capabilities": r.capabilities, "allow_tools": r.allow_tools,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<20} {:<22} {:<10} {:>7}  {:<9} LABELS",
+                    "ID", "ADDRESS", "HEALTH", "RUNNING", "LAST SEEN"
+                );
+                for (id, r) in &agents {
+                    let labels: Vec<_> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let ago = now.saturating_sub(r.updated_at) as f64 / 1000.0;
+                    println!(
+                        "{:<20} {:<22} {:<10} {:>7}  {:<9} {}",
+                        id,
+                        r.address,
+                        if r.draining { "draining" } else { "ok" },
+                        format!("{}/{}", r.running, r.capacity),
+                        format!("{ago:.1}s ago"),
+                        labels.join(",")
+                    );
+                }
+                if agents.is_empty() {
+                    eprintln!("no agents registered under {}", etcd.prefix);
+                }
+            }
+        }
         Command::Certs { command } => match command {
             CertsCommand::Init { dir, days, force } => {
                 let (cert, key) = mcpfier_coordinator::certs::init(dir, *days, *force)?;

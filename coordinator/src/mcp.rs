@@ -1,7 +1,7 @@
 //! The MCP front door (rmcp): `tools/list` from the catalog, `tools/call` through the
 //! dispatcher, live output as progress notifications, cancellation that kills the command.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mcpfier_agent::exec::{Event, Outcome};
@@ -10,7 +10,7 @@ use rmcp::model::{
     ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
     ServerCapabilities, ServerConfig, Tool as McpTool, ToolAnnotations,
 };
-use rmcp::service::{Peer, RequestContext};
+use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -30,9 +30,13 @@ const PROGRESS_MAX_MESSAGE: usize = 4096;
 pub struct Server {
     dispatcher: Dispatcher,
     tools: Arc<Vec<McpTool>>,
+    /// Connected clients, told when the set of tools changes (fleet mode).
+    peers: Arc<Mutex<Vec<Peer<RoleServer>>>>,
 }
 
 impl Server {
+    /// The server for every session; in fleet mode it also starts the task that sends
+    /// `notifications/tools/list_changed` when the tools some agent can run change.
     pub fn new(dispatcher: Dispatcher) -> Self {
         let tools = dispatcher
             .catalog()
@@ -40,10 +44,62 @@ impl Server {
             .values()
             .map(|t| describe(t))
             .collect();
-        Self {
+        let server = Self {
             dispatcher,
             tools: Arc::new(tools),
+            peers: Arc::new(Mutex::new(Vec::new())),
+        };
+        if let Some(fleet) = server.dispatcher.fleet() {
+            let mut changes = fleet.changes();
+            let this = server.clone();
+            tokio::spawn(async move {
+                let mut last = this.visible_names();
+                while changes.changed().await.is_ok() {
+                    let now = this.visible_names();
+                    if now == last {
+                        continue;
+                    }
+                    info!(
+                        tools = now.len(),
+                        "the tools agents can run changed; telling clients"
+                    );
+                    last = now;
+                    let peers: Vec<_> =
+                        this.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let mut alive = Vec::new();
+                    for peer in peers {
+                        if peer.notify_tool_list_changed().await.is_ok() {
+                            alive.push(peer);
+                        }
+                    }
+                    *this.peers.lock().unwrap_or_else(|p| p.into_inner()) = alive;
+                }
+            });
         }
+        server
+    }
+
+    /// The tools a client can call now: all of them in this process; in fleet mode, those
+    /// some healthy agent may run.
+    pub fn visible_tools(&self) -> Vec<McpTool> {
+        let catalog = self.dispatcher.catalog();
+        match self.dispatcher.fleet() {
+            None => (*self.tools).clone(),
+            Some(fleet) => catalog
+                .tools
+                .values()
+                .zip(self.tools.iter())
+                .filter(|(tool, _)| fleet.can_run(tool))
+                .map(|(_, described)| described.clone())
+                .collect(),
+        }
+    }
+
+    fn visible_names(&self) -> Vec<String> {
+        self.visible_tools()
+            .into_iter()
+            .map(|t| t.name.into_owned())
+            .collect()
     }
 }
 
@@ -197,7 +253,15 @@ fn structured_error(
 
 impl ServerHandler for Server {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = if self.dispatcher.fleet().is_some() {
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build()
+        } else {
+            ServerCapabilities::builder().enable_tools().build()
+        };
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("mcpfier", env!("CARGO_PKG_VERSION")))
             .with_instructions("Each tool runs one fixed command with the arguments you give it.")
     }
@@ -207,7 +271,16 @@ impl ServerHandler for Server {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items((*self.tools).clone()))
+        Ok(ListToolsResult::with_all_items(self.visible_tools()))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        if self.dispatcher.fleet().is_some() {
+            self.peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(context.peer);
+        }
     }
 
     async fn call_tool(

@@ -166,14 +166,51 @@ fn a_tool_no_agent_can_serve_fails_at_once_and_says_which_labels() {
 #[test]
 fn agent_policy_refusals_are_clear() {
     let c = Cluster::start();
-    let r = c.call("web-only", json!({}));
-    assert_eq!(r["is_error"], true);
-    let msg = text(&r);
+    // The coordinator knows a2's policy and does not route web-only there, nor list it.
+    let results = drive_http(
+        &c.coordinator.url(),
+        json!([{"op": "list_tools"}, {"op": "call", "name": "web-only", "arguments": {}}]),
+    );
+    let names: Vec<_> = results[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!names.contains(&"web-only".to_owned()), "{names:?}");
+    assert!(!names.contains(&"gpu".to_owned()), "{names:?}");
+    assert!(names.contains(&"echo".to_owned()), "{names:?}");
+    let msg = text(&results[1]);
+    assert_eq!(results[1]["is_error"], true);
     assert!(
-        msg.contains("agent `a2` refuses: tool `web-only` is not in this agent's allow_tools"),
+        msg.contains("a2 [pool=web] allows echo, hang, lines, slow-*"),
         "{msg}"
     );
-    assert_eq!(r["structured_content"]["error"]["kind"], "not_accepted");
+    // The agent refuses by itself too (defence in depth), with a typed status.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut client = grpc_client(&rt, &c.certs, Some((&c.certs, "coord")), &c.a2);
+    let request = v1::ExecuteRequest {
+        call_id: "p1".into(),
+        tool: "web-only".into(),
+        argv: vec!["/bin/true".into()],
+        timeout_ms: 1000,
+        max_output: 1024,
+        protocol_version: mcpfier_proto::PROTOCOL_VERSION.into(),
+        ..Default::default()
+    };
+    let status = rt.block_on(client.execute(request)).err().expect("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        status.metadata().get("mcpfier-error-kind").unwrap(),
+        "policy"
+    );
+    assert!(
+        status
+            .message()
+            .contains("agent `a2` refuses: tool `web-only` is not in this agent's allow_tools"),
+        "{}",
+        status.message()
+    );
 }
 
 #[test]
