@@ -9,6 +9,8 @@ array on stdout. Operations:
     {"op": "list_tools"}
     {"op": "call", "name": ..., "arguments": {...}, "progress": true,
      "cancel_when_file": PATH}   # abandon the call once PATH exists (sends notifications/cancelled)
+    {"op": "touch", "path": PATH}                  # create PATH (a sync point for the test)
+    {"op": "wait_list_changed", "timeout": SECS}   # wait for notifications/tools/list_changed
 """
 
 import json
@@ -35,11 +37,19 @@ async def wait_for_file(path, timeout=20.0):
     return False
 
 
-async def run_ops(session, init, ops):
+async def run_ops(session, init, ops, list_changed):
     results = []
     for op in ops:
         kind = op["op"]
-        if kind == "init":
+        if kind == "touch":
+            with open(op["path"], "w") as f:
+                f.write("x")
+            results.append({"touched": True})
+        elif kind == "wait_list_changed":
+            with anyio.move_on_after(op.get("timeout", 10)):
+                await list_changed.wait()
+            results.append({"changed": list_changed.is_set()})
+        elif kind == "init":
             results.append(dump(init))
         elif kind == "list_tools":
             listed = await session.list_tools()
@@ -97,10 +107,16 @@ async def main():
         transport = streamable_http_client(sys.argv[2])
     else:
         raise SystemExit("mode is stdio or http")
+    list_changed = anyio.Event()
+
+    async def on_message(message):
+        if "ToolListChanged" in type(getattr(message, "root", message)).__name__:
+            list_changed.set()
+
     async with transport as (read, write):
-        async with ClientSession(read, write) as session:
+        async with ClientSession(read, write, message_handler=on_message) as session:
             init = await session.initialize()
-            results = await run_ops(session, init, ops)
+            results = await run_ops(session, init, ops, list_changed)
     json.dump(results, sys.stdout)
     sys.stdout.write("\n")
 

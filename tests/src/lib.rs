@@ -460,6 +460,102 @@ impl Agent {
     }
 }
 
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}
+
+/// A real etcd (Debian's etcd-server) on free loopback ports with its own data dir.
+pub struct EtcdServer {
+    pub process: Option<Process>,
+    pub endpoint: String,
+    args: Vec<String>,
+    dir: PathBuf,
+}
+
+impl EtcdServer {
+    /// Starts etcd with its data in `dir`/etcd and waits until it answers `/health`.
+    pub fn start(dir: &Path) -> EtcdServer {
+        let etcd = Path::new("/usr/bin/etcd");
+        assert!(
+            etcd.exists(),
+            "no etcd at /usr/bin/etcd: run `cargo xtask test` (it installs Debian's etcd-server)"
+        );
+        let client = free_port();
+        let peer = free_port();
+        let data = dir.join("etcd");
+        let args = vec![
+            "--name".into(),
+            "test".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen-client-urls".into(),
+            format!("http://127.0.0.1:{client}"),
+            "--advertise-client-urls".into(),
+            format!("http://127.0.0.1:{client}"),
+            "--listen-peer-urls".into(),
+            format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://127.0.0.1:{peer}"),
+            "--initial-cluster".into(),
+            format!("test=http://127.0.0.1:{peer}"),
+        ];
+        let mut server = EtcdServer {
+            process: None,
+            endpoint: format!("http://127.0.0.1:{client}"),
+            args,
+            dir: dir.to_owned(),
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts (again) with the same ports and data.
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new("/usr/bin/etcd");
+        cmd.args(&self.args);
+        self.process = Some(Process::start(cmd, &self.dir.join("etcd.cfg"), "etcd"));
+        let addr = self.endpoint.trim_start_matches("http://").to_owned();
+        let healthy = wait_for(Duration::from_secs(30), || {
+            let (status, body) = http_request(&addr, "GET", "/health", &[], "").ok()?;
+            (status == 200 && body.contains("true")).then_some(())
+        });
+        assert!(
+            healthy.is_some(),
+            "etcd did not become healthy:\n{}",
+            self.process
+                .as_ref()
+                .map(|p| p.log_text())
+                .unwrap_or_default()
+        );
+    }
+
+    /// Stops it (SIGTERM); data stays for `restart`.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+    }
+
+    /// The YAML `etcd:` value for `prefix`.
+    pub fn yaml(&self, prefix: &str) -> String {
+        format!("{{endpoints: [\"{}\"], prefix: {prefix}}}", self.endpoint)
+    }
+}
+
+/// GETs `path` and parses the JSON body.
+pub fn get_json(addr: &str, path: &str) -> Value {
+    let (status, body) = http_request(addr, "GET", path, &[], "").expect("GET");
+    assert_eq!(status, 200, "{path}: {body}");
+    // The body may be chunked; take the JSON object in it.
+    let start = body.find('{').expect("a JSON body");
+    let end = body.rfind('}').expect("a JSON body");
+    serde_json::from_str(&body[start..=end]).expect("JSON")
+}
+
 /// Polls `check` until it gives a value or `limit` passes.
 pub fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;

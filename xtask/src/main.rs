@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 const MCP_PYPI_PIN: &str = "mcp==2.3.0";
 
 /// Debian packages the tests need, each with a file that shows it is installed.
-const TEST_PACKAGES: &[(&str, &str)] = &[];
+const TEST_PACKAGES: &[(&str, &str)] = &[("etcd-server", "/usr/bin/etcd")];
 
 /// Debian packages the benchmark needs.
 const BENCH_PACKAGES: &[(&str, &str)] = &[("wrk", "/usr/bin/wrk")];

@@ -198,7 +198,9 @@ fn agent_policy_refusals_are_clear() {
         protocol_version: mcpfier_proto::PROTOCOL_VERSION.into(),
         ..Default::default()
     };
-    let status = rt.block_on(client.execute(request)).err().expect("refused");
+    let Err(status) = rt.block_on(client.execute(request)) else {
+        panic!("the agent ran a tool its policy refuses")
+    };
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert_eq!(
         status.metadata().get("mcpfier-error-kind").unwrap(),

@@ -4,4 +4,5 @@
 mod cli;
 mod fleet;
 mod mcp;
+mod membership;
 mod tidy;

@@ -1,0 +1,501 @@
+//! Membership in etcd: a real etcd, real agents registering with leases, coordinators that
+//! follow it, the official Python MCP client at the front.
+
+use std::time::{Duration, Instant};
+
+use mcpfier_tests::{
+    Agent, Certs, Coordinator, EtcdServer, Scratch, drive_http, get_json, mcpfier_cli, read_pids,
+    wait_for,
+};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+const PREFIX: &str = "/mcpfier/test";
+
+const TOOLS: &str = r#"
+tools:
+  - name: echo
+    command: [/bin/echo, "{{m}}"]
+    params: {m: {type: string}}
+    annotations: {idempotent: true}
+  - name: only-b
+    command: [/bin/echo, b]
+    placement: {labels: {pool: b}}
+  - name: slow
+    command: ["/bin/sh", "-c", "echo $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; sleep 2; echo finished", "sh", "@DIR@/{{tag}}.pid"]
+    params: {tag: {type: string, pattern: "^[a-z0-9]+$"}}
+    timeout: 30s
+  - name: slow-idempotent
+    command: ["/bin/sh", "-c", "sleep 0.5; echo ok"]
+    annotations: {idempotent: true}
+    timeout: 20s
+"#;
+
+struct Fleet {
+    scratch: Scratch,
+    certs: Certs,
+    etcd: EtcdServer,
+    agents: Vec<Agent>,
+}
+
+impl Fleet {
+    /// etcd, certificates, and agents `a` (pool a) and `b` (pool b).
+    fn start() -> Fleet {
+        let scratch = Scratch::new();
+        let certs = Certs::init(&scratch.path().join("certs"));
+        for (role, name) in [
+            ("coordinator", "coord"),
+            ("coordinator", "coord2"),
+            ("agent", "a"),
+            ("agent", "b"),
+        ] {
+            certs.issue(role, name);
+        }
+        let etcd = EtcdServer::start(scratch.path());
+        let mut fleet = Fleet {
+            scratch,
+            certs,
+            etcd,
+            agents: Vec::new(),
+        };
+        fleet.add_agent("a", "pool: a");
+        fleet.add_agent("b", "pool: b");
+        fleet
+    }
+
+    fn agent_extra(&self, labels: &str) -> String {
+        format!(
+            "labels: {{{labels}}}\netcd: {{endpoints: [\"{}\"], prefix: {PREFIX}, lease_ttl: 3s}}\ndrain_grace: 20s",
+            self.etcd.endpoint
+        )
+    }
+
+    fn add_agent(&mut self, id: &str, labels: &str) {
+        let extra = self.agent_extra(labels);
+        let agent = Agent::start(self.scratch.path(), &self.certs, id, &extra);
+        agent
+            .process
+            .wait_for_log("registered in etcd", Duration::from_secs(15));
+        self.agents.push(agent);
+    }
+
+    fn agent(&mut self, id: &str) -> &mut Agent {
+        self.agents
+            .iter_mut()
+            .find(|a| a.id == id)
+            .expect("a known agent")
+    }
+
+    fn coordinator_config(&self, name: &str, cert: &str) -> std::path::PathBuf {
+        let yaml = format!(
+            "fleet:\n  tls: {}\n  etcd: {}\n{TOOLS}",
+            self.certs.tls_yaml(cert),
+            self.etcd.yaml(PREFIX)
+        );
+        let yaml = yaml.replace("@DIR@", &self.scratch.path().display().to_string());
+        self.scratch.write(name, &yaml)
+    }
+
+    fn coordinator(&self) -> Coordinator {
+        Coordinator::start(
+            &self.coordinator_config("coordinator.yaml", "coord"),
+            &[],
+            &[],
+        )
+    }
+}
+
+fn routed_ids(c: &Coordinator) -> Vec<String> {
+    let fleet = get_json(&c.addr, "/fleet");
+    let mut ids: Vec<_> = fleet["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["healthy"] == true && a["draining"] == false)
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn wait_routed(c: &Coordinator, want: &[&str], limit: Duration) -> Duration {
+    let started = Instant::now();
+    let ok = wait_for(limit, || (routed_ids(c) == want).then_some(()));
+    assert!(
+        ok.is_some(),
+        "routing never became {want:?}; /fleet: {}",
+        get_json(&c.addr, "/fleet")
+    );
+    started.elapsed()
+}
+
+fn call(c: &Coordinator, name: &str, args: Value) -> Value {
+    drive_http(
+        &c.url(),
+        json!([{"op": "call", "name": name, "arguments": args}]),
+    )
+    .remove(0)
+}
+
+fn agent_of(r: &Value) -> String {
+    r["structured_content"]["agent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn registrations_show_in_etcd_routing_and_mcpfier_agents() {
+    let f = Fleet::start();
+    let c = f.coordinator();
+    wait_routed(&c, &["a", "b"], Duration::from_secs(10));
+    let config = f.coordinator_config("cli.yaml", "coord");
+    let (code, out, err) = mcpfier_cli(
+        &["--config", config.to_str().unwrap(), "agents", "--json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(listed[0]["labels"], json!({"pool": "a"}));
+    assert_eq!(listed[0]["address"], f.agents[0].addr.as_str());
+    assert_eq!(listed[0]["health"], "registered");
+    let (code, out, _) = mcpfier_cli(&["--config", config.to_str().unwrap(), "agents"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.lines().nth(1).unwrap().starts_with("a "), "{out}");
+    let r = call(&c, "only-b", json!({}));
+    assert_eq!(agent_of(&r), "b", "{r}");
+}
+
+#[test]
+fn a_killed_agent_leaves_routing_within_its_ttl_and_gets_no_more_calls() {
+    let mut f = Fleet::start();
+    let c = f.coordinator();
+    wait_routed(&c, &["a", "b"], Duration::from_secs(10));
+    // A call in flight on the agent we kill fails clearly; after that stream failure no call
+    // goes there, even before its lease expires.
+    let url = c.url();
+    let pidfile = f.scratch.path().join("k.pid");
+    let driver = std::thread::spawn(move || {
+        drive_http(
+            &url,
+            json!([{"op": "call", "name": "slow", "arguments": {"tag": "k"}}]),
+        )
+        .remove(0)
+    });
+    wait_for(Duration::from_secs(15), || pidfile.exists().then_some(())).expect("started");
+    let victim = if f.agent("a").process.log_text().contains("tool=slow}") {
+        "a"
+    } else {
+        "b"
+    };
+    let survivor = if victim == "a" { "b" } else { "a" };
+    f.agent(victim).process.kill9();
+    let killed_at = Instant::now();
+    let r = driver.join().unwrap();
+    assert_eq!(
+        r["structured_content"]["error"]["kind"], "agent_lost",
+        "{r}"
+    );
+    for i in 0..4 {
+        let r = call(&c, "echo", json!({"m": format!("x{i}")}));
+        assert_eq!(agent_of(&r), survivor, "{r}");
+    }
+    wait_routed(&c, &[survivor], Duration::from_secs(10));
+    // Out of etcd (lease expired) within TTL + 1 s of the kill.
+    let config = f.coordinator_config("cli.yaml", "coord");
+    let gone = wait_for(Duration::from_secs(10), || {
+        let (_, out, _) = mcpfier_cli(
+            &["--config", config.to_str().unwrap(), "agents", "--json"],
+            &[],
+        );
+        (!out.contains(&format!("\"id\": \"{victim}\""))).then(|| killed_at.elapsed())
+    })
+    .expect("the lease expired");
+    assert!(
+        gone <= Duration::from_secs(4) + Duration::from_millis(1500),
+        "removal took {gone:?}"
+    );
+    for pid in read_pids(&f.scratch.path().join("k.pid")) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+#[test]
+fn a_stopped_agent_is_detected_and_routed_around() {
+    let mut f = Fleet::start();
+    let c = f.coordinator();
+    wait_routed(&c, &["a", "b"], Duration::from_secs(10));
+    f.agent("b").process.signal(Signal::SIGSTOP);
+    let took = wait_routed(&c, &["a"], Duration::from_secs(10));
+    assert!(
+        took <= Duration::from_secs(5),
+        "a frozen agent stayed in routing for {took:?}"
+    );
+    for _ in 0..3 {
+        assert_eq!(agent_of(&call(&c, "echo", json!({"m": "x"}))), "a");
+    }
+    // Thawed, it registers again and is routed to.
+    f.agent("b").process.signal(Signal::SIGCONT);
+    wait_routed(&c, &["a", "b"], Duration::from_secs(15));
+    assert_eq!(agent_of(&call(&c, "only-b", json!({}))), "b");
+}
+
+#[test]
+fn idempotent_calls_during_a_failover_all_succeed() {
+    let mut f = Fleet::start();
+    let c = f.coordinator();
+    wait_routed(&c, &["a", "b"], Duration::from_secs(10));
+    let url = c.url();
+    let ops: Vec<_> = (0..12)
+        .map(|_| json!({"op": "call", "name": "slow-idempotent", "arguments": {}}))
+        .collect();
+    let driver = std::thread::spawn(move || drive_http(&url, Value::Array(ops)));
+    // Kill one agent while the calls are flowing.
+    wait_for(Duration::from_secs(15), || {
+        f.agents
+            .iter()
+            .any(|a| a.process.log_text().contains("tool=slow-idempotent}"))
+            .then_some(())
+    })
+    .expect("calls started");
+    f.agent("a").process.kill9();
+    let results = driver.join().unwrap();
+    for r in &results {
+        assert_eq!(r["is_error"], false, "{r}");
+        assert_eq!(r["structured_content"]["stdout"], "ok\n");
+    }
+}
+
+#[test]
+fn etcd_going_away_and_back_loses_no_registration() {
+    let mut f = Fleet::start();
+    let c = f.coordinator();
+    wait_routed(&c, &["a", "b"], Duration::from_secs(10));
+    f.etcd.stop();
+    // The coordinator keeps the last known membership and says etcd is gone.
+    let down = wait_for(Duration::from_secs(10), || {
+        let fleet = get_json(&c.addr, "/fleet");
+        (fleet["etcd"]["connected"] == false && fleet["agents"].as_array().unwrap().len() == 2)
+            .then_some(())
+    });
+    assert!(
+        down.is_some(),
+        "/fleet never said etcd was down: {}",
+        get_json(&c.addr, "/fleet")
+    );
+    // The agents cannot renew their leases; past the TTL they fence themselves.
+    let fenced = wait_for(Duration::from_secs(15), || {
+        let r = call(&c, "echo", json!({"m": "x"}));
+        let text = r["text"][0].as_str().unwrap_or_default().to_owned();
+        text.contains("lost its etcd lease").then_some(text)
+    });
+    assert!(
+        fenced.is_some(),
+        "the agents kept taking calls without a lease"
+    );
+    f.etcd.restart();
+    let up = wait_for(Duration::from_secs(20), || {
+        (get_json(&c.addr, "/fleet")["etcd"]["connected"] == true).then_some(())
+    });
+    assert!(up.is_some(), "the coordinator never reconnected to etcd");
+    wait_routed(&c, &["a", "b"], Duration::from_secs(20));
+    let config = f.coordinator_config("cli.yaml", "coord");
+    let listed = wait_for(Duration::from_secs(20), || {
+        let (code, out, _) = mcpfier_cli(
+            &["--config", config.to_str().unwrap(), "agents", "--json"],
+            &[],
+        );
+        (code == 0 && out.contains("\"id\": \"a\"") && out.contains("\"id\": \"b\"")).then_some(())
+    });
+    assert!(listed.is_some(), "registrations were lost");
+    let mut seen: Vec<_> = (0..6)
+        .map(|i| agent_of(&call(&c, "echo", json!({"m": format!("{i}")}))))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["a", "b"]);
+    for id in ["a", "b"] {
+        assert!(
+            f.agent(id)
+                .process
+                .log_text()
+                .contains("taking calls again"),
+            "agent {id} never unfenced"
+        );
+    }
+}
+
+#[test]
+fn drain_finishes_running_calls_and_takes_no_new_ones() {
+    let mut f = Fleet::start();
+    let c = f.coordinator();
+    wait_routed(&c, &["a", "b"], Duration::from_secs(10));
+    let url = c.url();
+    let pidfile = f.scratch.path().join("d.pid");
+    let driver = std::thread::spawn(move || {
+        drive_http(
+            &url,
+            json!([{"op": "call", "name": "slow", "arguments": {"tag": "d"}}]),
+        )
+        .remove(0)
+    });
+    wait_for(Duration::from_secs(15), || pidfile.exists().then_some(())).expect("started");
+    let busy = if f.agent("a").process.log_text().contains("tool=slow}") {
+        "a"
+    } else {
+        "b"
+    };
+    let other = if busy == "a" { "b" } else { "a" };
+    f.agent(busy).process.signal(Signal::SIGTERM);
+    // Marked draining: no new calls go there.
+    wait_routed(&c, &[other], Duration::from_secs(5));
+    for _ in 0..3 {
+        assert_eq!(agent_of(&call(&c, "echo", json!({"m": "x"}))), other);
+    }
+    let r = driver.join().unwrap();
+    assert_eq!(r["is_error"], false, "{r}");
+    assert_eq!(r["structured_content"]["stdout"], "finished\n");
+    assert_eq!(agent_of(&r), busy);
+    let agent = f.agent(busy);
+    let code =
+        wait_for(Duration::from_secs(15), || agent.process.exited()).expect("the agent exited");
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn a_second_agent_with_the_same_id_is_refused() {
+    let f = Fleet::start();
+    let config = f.scratch.write(
+        "dup.yaml",
+        &format!(
+            "id: a\nlisten: 127.0.0.1:0\ntls: {}\n{}\n",
+            f.certs.tls_yaml("a"),
+            f.agent_extra("pool: a")
+        ),
+    );
+    let mut cmd = std::process::Command::new(mcpfier_tests::mcpfier_agent());
+    cmd.arg("--config").arg(&config);
+    let mut dup = mcpfier_tests::Process::start(cmd, &config, "dup");
+    let code = wait_for(Duration::from_secs(20), || dup.exited()).expect("the duplicate exited");
+    assert_eq!(code, 1);
+    let log = dup.log_text();
+    assert!(
+        log.contains("agent id `a` is already registered by a live agent"),
+        "{log}"
+    );
+}
+
+#[test]
+fn two_coordinators_route_over_the_same_fleet() {
+    let f = Fleet::start();
+    let c1 = f.coordinator();
+    let c2 = Coordinator::start(
+        &f.coordinator_config("coordinator2.yaml", "coord2"),
+        &[],
+        &[],
+    );
+    for c in [&c1, &c2] {
+        wait_routed(c, &["a", "b"], Duration::from_secs(10));
+        let mut seen: Vec<_> = (0..6)
+            .map(|i| agent_of(&call(c, "echo", json!({"m": format!("{i}")}))))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, ["a", "b"]);
+    }
+}
+
+#[test]
+fn list_changed_reaches_the_client_when_the_last_agent_for_a_tool_leaves() {
+    let mut f = Fleet::start();
+    let c = f.coordinator();
+    wait_routed(&c, &["a", "b"], Duration::from_secs(10));
+    let marker = f.scratch.path().join("listed");
+    let url = c.url();
+    let m = marker.clone();
+    let driver = std::thread::spawn(move || {
+        drive_http(
+            &url,
+            json!([
+                {"op": "list_tools"},
+                {"op": "touch", "path": m},
+                {"op": "wait_list_changed", "timeout": 20},
+                {"op": "list_tools"},
+            ]),
+        )
+    });
+    wait_for(Duration::from_secs(20), || marker.exists().then_some(()))
+        .expect("the client listed the tools");
+    f.agent("b").process.signal(Signal::SIGTERM);
+    let results = driver.join().unwrap();
+    let names = |r: &Value| -> Vec<String> {
+        r["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(names(&results[0]).contains(&"only-b".to_owned()));
+    assert_eq!(results[2], json!({"changed": true}));
+    assert!(
+        !names(&results[3]).contains(&"only-b".to_owned()),
+        "{:?}",
+        names(&results[3])
+    );
+    assert!(names(&results[3]).contains(&"echo".to_owned()));
+}
+
+#[test]
+fn a_registration_whose_certificate_names_another_agent_is_not_used() {
+    let f = Fleet::start();
+    // A record claiming id `ghost` at agent a's address: a's certificate says `a`.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let etcd =
+            mcpfier_common::membership::Etcd::connect(std::slice::from_ref(&f.etcd.endpoint))
+                .await
+                .unwrap();
+        let lease = etcd.grant(Duration::from_secs(30)).await.unwrap();
+        let mut record = mcpfier_common::membership::AgentRecord {
+            address: f.agents[0].addr.clone(),
+            labels: [("pool".to_owned(), "ghost".to_owned())].into(),
+            capacity: 4,
+            running: 0,
+            version: "test".into(),
+            protocol_version: mcpfier_proto::PROTOCOL_VERSION.into(),
+            started_at: 0,
+            updated_at: 0,
+            draining: false,
+            capabilities: vec![],
+            allow_tools: vec![],
+        };
+        record.updated_at = mcpfier_common::membership::now_ms();
+        etcd.register(PREFIX, "ghost", &record, lease)
+            .await
+            .unwrap();
+    });
+    let config = f.scratch.write(
+        "ghost.yaml",
+        &format!(
+            "fleet:\n  tls: {}\n  etcd: {}\ntools:\n  - {{name: g, command: [/bin/true], placement: {{labels: {{pool: ghost}}}}}}\n",
+            f.certs.tls_yaml("coord"),
+            f.etcd.yaml(PREFIX)
+        ),
+    );
+    let c = Coordinator::start(&config, &[], &[]);
+    let r = call(&c, "g", json!({}));
+    assert_eq!(r["is_error"], true);
+    let msg = r["text"][0].as_str().unwrap_or_default().to_owned();
+    assert!(
+        msg.contains("server is agent `a`, expected agent `ghost`"),
+        "{msg}"
+    );
+}
