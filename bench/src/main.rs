@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod membership;
+
 struct Figures {
     name: String,
     p50_us: f64,
@@ -86,7 +88,7 @@ fn direct_spawn(threads: usize, duration: Duration) -> anyhow::Result<Figures> {
 type Response = (u16, Vec<(String, String)>, String);
 
 /// A plain HTTP/1.1 POST to `/mcp`.
-fn post(addr: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<Response> {
+pub(crate) fn post(addr: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<Response> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!(
@@ -125,7 +127,7 @@ fn post(addr: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<Resp
 }
 
 /// Opens an MCP session (initialize + initialized) and returns its id.
-fn open_session(addr: &str) -> anyhow::Result<String> {
+pub(crate) fn open_session(addr: &str) -> anyhow::Result<String> {
     let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
     let (status, headers, body) = post(addr, &[], init)?;
     if status != 200 {
@@ -193,8 +195,8 @@ fn wrk(name: &str, addr: &str, clients: usize, duration: Duration) -> anyhow::Re
     })
 }
 
-/// A server process, killed on drop.
-struct Server(Child);
+/// A server process, killed (SIGKILL) on drop.
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -203,7 +205,7 @@ impl Drop for Server {
     }
 }
 
-fn wait_for_port(addr: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_for_port(addr: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if TcpStream::connect(addr).is_ok() {
@@ -216,7 +218,11 @@ fn wait_for_port(addr: &str) -> anyhow::Result<()> {
 
 /// Starts `cmd` with stderr to `log` and waits for a log line with `marker`; returns the
 /// process and the rest of that line.
-fn start_logged(mut cmd: Command, log: &Path, marker: &str) -> anyhow::Result<(Server, String)> {
+pub(crate) fn start_logged(
+    mut cmd: Command,
+    log: &Path,
+    marker: &str,
+) -> anyhow::Result<(Server, String)> {
     let child = cmd
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
@@ -238,17 +244,24 @@ fn start_logged(mut cmd: Command, log: &Path, marker: &str) -> anyhow::Result<(S
     }
 }
 
-fn release(bin: &str) -> PathBuf {
+pub(crate) fn release(bin: &str) -> PathBuf {
     workspace().join("target/release").join(bin)
 }
 
 const ECHO_TOOL: &str = "tools:\n  - name: echo\n    description: Echo a message\n    command: [/bin/echo, '{{msg}}']\n    params: {msg: {type: string}}\n";
 
-fn start_mcpfier(dir: &Path, name: &str, fleet_yaml: &str) -> anyhow::Result<(Server, String)> {
+/// Starts `mcpfier serve` with the echo tool, `fleet_yaml` (may be empty) and `more_tools`
+/// (YAML list items appended to `tools:`).
+pub(crate) fn start_mcpfier(
+    dir: &Path,
+    name: &str,
+    fleet_yaml: &str,
+    more_tools: &str,
+) -> anyhow::Result<(Server, String)> {
     let config = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &config,
-        format!("server: {{max_concurrency: 64}}\n{fleet_yaml}{ECHO_TOOL}"),
+        format!("server: {{max_concurrency: 64}}\n{fleet_yaml}{ECHO_TOOL}{more_tools}"),
     )?;
     let mut cmd = Command::new(release("mcpfier"));
     cmd.arg("--config").arg(&config).args([
@@ -294,13 +307,23 @@ fn make_certs(dir: &Path, agents: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_agent(dir: &Path, certs: &Path, id: &str) -> anyhow::Result<(Server, String)> {
+pub(crate) fn start_agent(dir: &Path, certs: &Path, id: &str) -> anyhow::Result<(Server, String)> {
+    start_agent_with(dir, certs, id, "")
+}
+
+/// Starts an agent with `extra` YAML appended to its config.
+pub(crate) fn start_agent_with(
+    dir: &Path,
+    certs: &Path,
+    id: &str,
+    extra: &str,
+) -> anyhow::Result<(Server, String)> {
     let c = certs.display();
     let config = dir.join(format!("{id}.yaml"));
     std::fs::write(
         &config,
         format!(
-            "id: {id}\nlisten: 127.0.0.1:0\ncapacity: 64\ntls: {{ca: {c}/ca.pem, cert: {c}/{id}.pem, key: {c}/{id}.key}}\n"
+            "id: {id}\nlisten: 127.0.0.1:0\ncapacity: 64\ntls: {{ca: {c}/ca.pem, cert: {c}/{id}.pem, key: {c}/{id}.key}}\n{extra}"
         ),
     )?;
     let mut cmd = Command::new(release("mcpfier-agent"));
@@ -327,7 +350,7 @@ fn fleet_yaml(certs: &Path, agents: &[(&str, &str)]) -> String {
     y
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -370,15 +393,21 @@ fn main() -> anyhow::Result<()> {
         .context("--seconds takes a whole number")?
         .unwrap_or(10);
     let duration = Duration::from_secs(secs);
+    let only_membership = std::env::args().any(|a| a == "--membership-only");
     let dir = tempfile::tempdir()?;
     println!(
         "mcpfier benchmark: {secs} s per measurement, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if only_membership {
+        let certs = dir.path().join("certs");
+        make_certs(&certs, &["b1", "b2"])?;
+        return membership::run(dir.path(), &certs, duration);
+    }
     let floor1 = direct_spawn(1, duration)?;
     let floor8 = direct_spawn(8, duration)?;
-    let (mcpfier, addr) = start_mcpfier(dir.path(), "embedded", "")?;
+    let (mcpfier, addr) = start_mcpfier(dir.path(), "embedded", "", "")?;
     let m1 = wrk("mcpfier serve, tools/call echo", &addr, 1, duration)?;
     let m8 = wrk("mcpfier serve, tools/call echo", &addr, 8, duration)?;
     drop(mcpfier);
@@ -387,8 +416,12 @@ fn main() -> anyhow::Result<()> {
     make_certs(&certs, &["b1", "b2"])?;
     let (agent1, addr1) = start_agent(dir.path(), &certs, "b1")?;
     let (agent2, addr2) = start_agent(dir.path(), &certs, "b2")?;
-    let (fleet1, faddr1) =
-        start_mcpfier(dir.path(), "fleet1", &fleet_yaml(&certs, &[("b1", &addr1)]))?;
+    let (fleet1, faddr1) = start_mcpfier(
+        dir.path(),
+        "fleet1",
+        &fleet_yaml(&certs, &[("b1", &addr1)]),
+        "",
+    )?;
     let f1_1 = wrk(
         "coordinator -> 1 agent (mTLS), tools/call echo",
         &faddr1,
@@ -406,6 +439,7 @@ fn main() -> anyhow::Result<()> {
         dir.path(),
         "fleet2",
         &fleet_yaml(&certs, &[("b1", &addr1), ("b2", &addr2)]),
+        "",
     )?;
     let f2_1 = wrk(
         "coordinator -> 2 agents (mTLS), tools/call echo",
@@ -422,6 +456,7 @@ fn main() -> anyhow::Result<()> {
     drop(fleet2);
     drop(agent1);
     drop(agent2);
+    membership::run(dir.path(), &certs, duration)?;
 
     let (python, paddr) = start_python("async")?;
     let p1 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 1, duration)?;

@@ -459,9 +459,12 @@ impl Fleet {
             return;
         }
         let existing = self
-            .snapshot()
-            .into_iter()
-            .find(|a| a.id == id && a.source == Source::Etcd);
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|a| a.id == id && a.source == Source::Etcd)
+            .cloned();
         let agent = match existing {
             Some(a) if a.address == record.address => a,
             other => {
@@ -494,7 +497,16 @@ impl Fleet {
             s.updated_at = Some(record.updated_at);
             s.info_known = true;
         });
-        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// One agent's view, for `/fleet/agents/{id}`.
+    pub fn agent_view(&self, id: &str) -> Option<AgentView> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| a.view())
     }
 
     /// Removes an etcd agent whose key is gone (lease expired or revoked).

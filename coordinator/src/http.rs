@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
 use rmcp::transport::streamable_http_server::{
     StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
@@ -56,8 +57,24 @@ pub fn router(dispatcher: Dispatcher, shutdown: CancellationToken) -> Router {
         Arc::new(LocalSessionManager::default()),
         config,
     );
+    let fleet_for_one = fleet.clone();
     Router::new()
         .nest_service("/mcp", service)
+        .route(
+            "/fleet/agents/{id}",
+            axum::routing::get(
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let fleet = fleet_for_one.clone();
+                    async move {
+                        match fleet.and_then(|f| f.agent_view(&id)) {
+                            Some(view) => axum::Json(view).into_response(),
+                            None => (axum::http::StatusCode::NOT_FOUND, "no such agent\n")
+                                .into_response(),
+                        }
+                    }
+                },
+            ),
+        )
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/fleet",

@@ -23,7 +23,8 @@ const MCP_PYPI_PIN: &str = "mcp==2.3.0";
 const TEST_PACKAGES: &[(&str, &str)] = &[("etcd-server", "/usr/bin/etcd")];
 
 /// Debian packages the benchmark needs.
-const BENCH_PACKAGES: &[(&str, &str)] = &[("wrk", "/usr/bin/wrk")];
+const BENCH_PACKAGES: &[(&str, &str)] =
+    &[("wrk", "/usr/bin/wrk"), ("etcd-server", "/usr/bin/etcd")];
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
