@@ -55,6 +55,8 @@ pub struct Execution {
     /// Bytes kept of stdout, and separately of stderr.
     pub max_output: u64,
     pub kill_grace: Duration,
+    /// Run in this container instead of as a local process.
+    pub container: Option<crate::container::ContainerSpec>,
 }
 
 /// Which output stream a chunk came from.
@@ -94,6 +96,8 @@ pub struct Outcome {
     pub timed_out: bool,
     pub cancelled: bool,
     pub duration: Duration,
+    /// The container's memory limit killed it (container calls only).
+    pub oom_killed: bool,
 }
 
 impl Outcome {
@@ -237,6 +241,7 @@ pub async fn run(
         timed_out,
         cancelled,
         duration,
+        oom_killed: false,
     })
 }
 
@@ -312,6 +317,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             max_output: 1 << 20,
             kill_grace: Duration::from_millis(500),
+            container: None,
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod calls;
 pub mod config;
+pub mod container;
 pub mod exec;
 pub mod membership;
 pub mod policy;

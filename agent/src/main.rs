@@ -103,7 +103,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         });
     }
-    let service = AgentService::new(config.clone(), calls.clone(), admission.clone());
+    let engine = match mcpfier_agent::container::Engine::connect(&config.id).await {
+        Ok(engine) => {
+            info!("Docker available: container calls enabled");
+            engine.start_reaper(shutdown.clone());
+            Some(engine)
+        }
+        Err(e) => {
+            warn!(error = %e, "no Docker: container calls are refused and the docker capability is not advertised");
+            None
+        }
+    };
+    let docker = engine.is_some();
+    let service = AgentService::new(config.clone(), calls.clone(), admission.clone(), engine);
     let server_shutdown = CancellationToken::new();
     let mut server = tokio::spawn(server::serve(
         listener,
@@ -122,7 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let m = Membership {
             id: config.id.clone(),
             etcd: etcd.clone(),
-            record: membership::initial_record(address, &config),
+            record: membership::initial_record(address, &config, docker),
             on_lease_loss: config.on_lease_loss,
             calls: calls.clone(),
             admission: admission.clone(),

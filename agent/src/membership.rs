@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::calls::Calls;
 use crate::config::{EtcdSection, OnLeaseLoss};
-use crate::service::{Admission, FEATURES};
+use crate::service::Admission;
 
 /// Shortest time between two load updates.
 const MIN_UPDATE_GAP: Duration = Duration::from_millis(300);
@@ -30,7 +30,11 @@ pub struct Membership {
 }
 
 /// The record an agent starts with.
-pub fn initial_record(address: String, config: &crate::config::AgentConfig) -> AgentRecord {
+pub fn initial_record(
+    address: String,
+    config: &crate::config::AgentConfig,
+    docker: bool,
+) -> AgentRecord {
     let now = now_ms();
     AgentRecord {
         address,
@@ -42,7 +46,7 @@ pub fn initial_record(address: String, config: &crate::config::AgentConfig) -> A
         started_at: now,
         updated_at: now,
         draining: false,
-        capabilities: FEATURES.iter().map(|f| f.to_string()).collect(),
+        capabilities: crate::service::features(docker),
         allow_tools: config.policy.allow_tools.clone(),
     }
 }

@@ -23,6 +23,31 @@ pub struct Policy {
     /// Largest output cap a call may ask for, per stream (default 16MiB).
     #[serde(default = "default_max_output")]
     pub max_output: ByteSize,
+    /// Whether container calls may run (default true; needs a Docker daemon).
+    #[serde(default = "yes")]
+    pub allow_containers: bool,
+    /// Images container calls may use: globs (default `["*"]`).
+    #[serde(default = "all_tools")]
+    pub allow_images: Vec<String>,
+    /// Most memory a container call may ask for (default 4GiB).
+    #[serde(default = "default_max_memory")]
+    pub max_memory: ByteSize,
+    /// Most CPUs a container call may ask for (default 4).
+    #[serde(default = "default_max_cpus")]
+    pub max_cpus: f64,
+    /// Most processes a container call may ask for (default 4096).
+    #[serde(default = "default_max_pids")]
+    pub max_pids: i64,
+}
+
+fn default_max_memory() -> ByteSize {
+    ByteSize(4 << 30)
+}
+fn default_max_cpus() -> f64 {
+    4.0
+}
+fn default_max_pids() -> i64 {
+    4096
 }
 
 impl Default for Policy {
@@ -32,6 +57,11 @@ impl Default for Policy {
             allow_local: true,
             max_timeout: default_max_timeout(),
             max_output: default_max_output(),
+            allow_containers: true,
+            allow_images: all_tools(),
+            max_memory: default_max_memory(),
+            max_cpus: default_max_cpus(),
+            max_pids: default_max_pids(),
         }
     }
 }
@@ -62,6 +92,16 @@ pub enum Refusal {
         "the call asks to keep {asked} of output; this agent allows at most {max} (max_output)"
     )]
     Output { asked: String, max: String },
+    #[error("this agent does not run containers (allow_containers: false)")]
+    Containers,
+    #[error("image `{image}` is not in this agent's allow_images ({allowed})")]
+    Image { image: String, allowed: String },
+    #[error("the container asks for {what} {asked}; this agent allows at most {max}")]
+    Limit {
+        what: &'static str,
+        asked: String,
+        max: String,
+    },
 }
 
 /// Whether `text` matches `pattern`, where `*` matches any run and `?` one character.
@@ -90,16 +130,59 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 impl Policy {
+    /// Checks a container call's own limits.
+    pub fn check_container(&self, spec: &crate::container::ContainerSpec) -> Result<(), Refusal> {
+        if !self.allow_containers {
+            return Err(Refusal::Containers);
+        }
+        if !self.allow_images.iter().any(|g| glob_match(g, &spec.image)) {
+            return Err(Refusal::Image {
+                image: spec.image.clone(),
+                allowed: self.allow_images.join(", "),
+            });
+        }
+        if spec.memory > self.max_memory.bytes() {
+            return Err(Refusal::Limit {
+                what: "memory",
+                asked: ByteSize(spec.memory).to_string(),
+                max: format!("{} (max_memory)", self.max_memory),
+            });
+        }
+        if spec.cpus > self.max_cpus {
+            return Err(Refusal::Limit {
+                what: "cpus",
+                asked: spec.cpus.to_string(),
+                max: format!("{} (max_cpus)", self.max_cpus),
+            });
+        }
+        if spec.pids > self.max_pids {
+            return Err(Refusal::Limit {
+                what: "pids",
+                asked: spec.pids.to_string(),
+                max: format!("{} (max_pids)", self.max_pids),
+            });
+        }
+        Ok(())
+    }
+
     /// Checks a local-process call.
-    pub fn check(&self, tool: &str, timeout: Duration, max_output: u64) -> Result<(), Refusal> {
+    pub fn check(
+        &self,
+        tool: &str,
+        timeout: Duration,
+        max_output: u64,
+        container: Option<&crate::container::ContainerSpec>,
+    ) -> Result<(), Refusal> {
         if !self.allow_tools.iter().any(|g| glob_match(g, tool)) {
             return Err(Refusal::Tool {
                 tool: tool.to_owned(),
                 allowed: self.allow_tools.join(", "),
             });
         }
-        if !self.allow_local {
-            return Err(Refusal::Local);
+        match container {
+            Some(spec) => self.check_container(spec)?,
+            None if !self.allow_local => return Err(Refusal::Local),
+            None => {}
         }
         if timeout > self.max_timeout.get() {
             return Err(Refusal::Timeout {
@@ -139,21 +222,21 @@ mod tests {
             ..Policy::default()
         };
         let ten = Duration::from_secs(10);
-        assert!(p.check("safe-ls", ten, 1024).is_ok());
+        assert!(p.check("safe-ls", ten, 1024, None).is_ok());
         assert!(matches!(
-            p.check("rm", ten, 1024),
+            p.check("rm", ten, 1024, None),
             Err(Refusal::Tool { .. })
         ));
         let err = p
-            .check("safe-ls", Duration::from_secs(3600), 1024)
+            .check("safe-ls", Duration::from_secs(3600), 1024, None)
             .unwrap_err();
         assert!(err.to_string().contains("max_timeout"), "{err}");
-        let err = p.check("safe-ls", ten, 1 << 30).unwrap_err();
+        let err = p.check("safe-ls", ten, 1 << 30, None).unwrap_err();
         assert!(err.to_string().contains("max_output"), "{err}");
         let local = Policy {
             allow_local: false,
             ..Policy::default()
         };
-        assert_eq!(local.check("x", ten, 1), Err(Refusal::Local));
+        assert_eq!(local.check("x", ten, 1, None), Err(Refusal::Local));
     }
 }

@@ -14,6 +14,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::calls::{Call, Calls, Start};
 use crate::config::AgentConfig;
+use crate::container::Engine;
 use crate::exec::{self, Execution};
 use crate::wire;
 
@@ -60,14 +61,31 @@ pub struct AgentService {
     config: Arc<AgentConfig>,
     calls: Arc<Calls>,
     admission: Arc<Admission>,
+    /// The Docker Engine, when this host has a reachable daemon.
+    engine: Option<Engine>,
+}
+
+/// The features an agent announces: [`FEATURES`], plus `docker` when it can run containers.
+pub fn features(docker: bool) -> Vec<String> {
+    let mut f: Vec<String> = FEATURES.iter().map(|f| f.to_string()).collect();
+    if docker {
+        f.push("docker".into());
+    }
+    f
 }
 
 impl AgentService {
-    pub fn new(config: Arc<AgentConfig>, calls: Arc<Calls>, admission: Arc<Admission>) -> Self {
+    pub fn new(
+        config: Arc<AgentConfig>,
+        calls: Arc<Calls>,
+        admission: Arc<Admission>,
+        engine: Option<Engine>,
+    ) -> Self {
         Self {
             config,
             calls,
             admission,
+            engine,
         }
     }
 }
@@ -111,11 +129,12 @@ impl agent_server::Agent for AgentService {
                 format!("invalid execution: {why}"),
             )
         })?;
-        if let Err(refusal) = self
-            .config
-            .policy
-            .check(&req.tool, exec.timeout, exec.max_output)
-        {
+        if let Err(refusal) = self.config.policy.check(
+            &req.tool,
+            exec.timeout,
+            exec.max_output,
+            exec.container.as_ref(),
+        ) {
             warn!(call_id = %req.call_id, tool = %req.tool, %refusal, "refused by policy");
             return Err(refused(
                 tonic::Code::PermissionDenied,
@@ -175,7 +194,11 @@ impl agent_server::Agent for AgentService {
                     request_id = %req.request_id,
                     tool = %req.tool
                 );
-                tokio::spawn(run(self.calls.clone(), call, exec).instrument(span));
+                let engine = self.engine.clone();
+                let (call_id, tool) = (req.call_id.clone(), req.tool.clone());
+                tokio::spawn(
+                    run(self.calls.clone(), call, exec, engine, call_id, tool).instrument(span),
+                );
                 Ok(Response::new(Box::pin(stream)))
             }
         }
@@ -204,7 +227,7 @@ impl agent_server::Agent for AgentService {
             protocol_version: mcpfier_proto::PROTOCOL_VERSION.into(),
             labels: self.config.labels.clone().into_iter().collect(),
             capacity: self.config.capacity,
-            features: FEATURES.iter().map(|f| f.to_string()).collect(),
+            features: features(self.engine.is_some()),
             allow_tools: self.config.policy.allow_tools.clone(),
         }))
     }
@@ -219,7 +242,14 @@ impl agent_server::Agent for AgentService {
 }
 
 /// Runs one call and records its events.
-async fn run(calls: Arc<Calls>, call: Arc<Call>, exec: Execution) {
+async fn run(
+    calls: Arc<Calls>,
+    call: Arc<Call>,
+    exec: Execution,
+    engine: Option<Engine>,
+    call_id: String,
+    tool: String,
+) {
     info!("call accepted");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let forward = {
@@ -239,7 +269,21 @@ async fn run(calls: Arc<Calls>, call: Arc<Call>, exec: Execution) {
             }
         }
     };
-    let result = tokio::join!(exec::run(&exec, Some(tx), call.cancel.clone()), forward).0;
+    let work = async {
+        match (&exec.container, &engine) {
+            (None, _) => exec::run(&exec, Some(tx), call.cancel.clone())
+                .await
+                .map_err(|e| e.to_string()),
+            (Some(spec), Some(engine)) => engine
+                .run(&exec, spec, &call_id, &tool, Some(tx), call.cancel.clone())
+                .await
+                .map_err(|e| e.to_string()),
+            (Some(_), None) => {
+                Err("this agent has no Docker daemon, so it runs no containers".into())
+            }
+        }
+    };
+    let result = tokio::join!(work, forward).0;
     let finished = match result {
         Ok(outcome) => {
             info!(

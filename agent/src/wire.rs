@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mcpfier_proto::v1;
 
+use crate::container::{BindMount, ContainerSpec, Pull};
 use crate::exec::{EnvVar, Execution, Outcome};
 
 /// The protocol request for `exec`.
@@ -39,6 +40,25 @@ pub fn request(
         max_output: exec.max_output,
         kill_grace_ms: exec.kill_grace.as_millis() as u64,
         protocol_version: mcpfier_proto::PROTOCOL_VERSION.to_owned(),
+        container: exec.container.as_ref().map(|c| v1::Container {
+            image: c.image.clone(),
+            memory: c.memory,
+            cpus: c.cpus,
+            pids: c.pids,
+            network: c.network.clone(),
+            read_only: c.read_only,
+            user: c.user.clone(),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|m| v1::BindMount {
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    rw: m.rw,
+                })
+                .collect(),
+            pull_never: c.pull == Pull::Never,
+        }),
     }
 }
 
@@ -71,6 +91,45 @@ pub fn execution(req: &v1::ExecuteRequest) -> Result<Execution, String> {
         timeout: Duration::from_millis(req.timeout_ms),
         max_output: req.max_output,
         kill_grace: Duration::from_millis(req.kill_grace_ms.max(100)),
+        container: match &req.container {
+            None => None,
+            Some(c) => {
+                if c.image.is_empty() || c.memory == 0 || c.cpus <= 0.0 || c.pids < 1 {
+                    return Err("the container section is incomplete".into());
+                }
+                Some(ContainerSpec {
+                    image: c.image.clone(),
+                    memory: c.memory,
+                    cpus: c.cpus,
+                    pids: c.pids,
+                    network: if c.network.is_empty() {
+                        "none".into()
+                    } else {
+                        c.network.clone()
+                    },
+                    read_only: c.read_only,
+                    user: if c.user.is_empty() {
+                        "65534:65534".into()
+                    } else {
+                        c.user.clone()
+                    },
+                    mounts: c
+                        .mounts
+                        .iter()
+                        .map(|m| BindMount {
+                            source: m.source.clone(),
+                            target: m.target.clone(),
+                            rw: m.rw,
+                        })
+                        .collect(),
+                    pull: if c.pull_never {
+                        Pull::Never
+                    } else {
+                        Pull::Missing
+                    },
+                })
+            }
+        },
     })
 }
 
@@ -87,6 +146,7 @@ pub fn finished(outcome: &Outcome) -> v1::Finished {
         cancelled: outcome.cancelled,
         duration_ms: outcome.duration.as_millis() as u64,
         error: String::new(),
+        oom_killed: outcome.oom_killed,
     }
 }
 
@@ -102,6 +162,7 @@ pub fn outcome(f: v1::Finished) -> Outcome {
         timed_out: f.timed_out,
         cancelled: f.cancelled,
         duration: Duration::from_millis(f.duration_ms),
+        oom_killed: f.oom_killed,
     }
 }
 
@@ -128,6 +189,7 @@ mod tests {
             timeout: Duration::from_secs(3),
             max_output: 10,
             kill_grace: Duration::from_secs(2),
+            container: None,
         };
         let back = execution(&request(&exec, "c1", "r1", "t")).unwrap();
         assert_eq!(back.argv, exec.argv);

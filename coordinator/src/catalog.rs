@@ -66,6 +66,8 @@ pub struct Tool {
     pub input_schema: Arc<Map<String, Value>>,
     /// Labels an agent needs to run this tool (fleet mode).
     pub placement: BTreeMap<String, String>,
+    /// Run in a container (`container:` section).
+    pub container: Option<mcpfier_agent::container::ContainerSpec>,
 }
 
 impl Tool {
@@ -90,6 +92,7 @@ impl Tool {
             timeout: self.timeout,
             max_output: self.max_output,
             kill_grace: DEFAULT_KILL_GRACE,
+            container: self.container.clone(),
         }
     }
 
@@ -644,6 +647,60 @@ fn build_tool(
             );
         }
     }
+    let container = section.container.as_ref().map(|c| {
+        let p = format!("{at}.container");
+        if c.image.trim().is_empty() {
+            problem(
+                format!("{p}.image"),
+                "is empty: name a local image, e.g. localhost/tools:1.2".into(),
+            );
+        }
+        if c.memory.bytes() < (6 << 20) {
+            problem(
+                format!("{p}.memory"),
+                "must be at least 6MiB (Docker's minimum)".into(),
+            );
+        }
+        if !(c.cpus > 0.0 && c.cpus <= 1024.0) {
+            problem(
+                format!("{p}.cpus"),
+                format!("{} is not a CPU count (e.g. 0.5 or 2)", c.cpus),
+            );
+        }
+        if c.pids < 1 {
+            problem(format!("{p}.pids"), "must be at least 1".into());
+        }
+        for (i, m) in c.mounts.iter().enumerate() {
+            if !m.source.is_absolute() || !m.target.starts_with('/') {
+                problem(
+                    format!("{p}.mounts[{i}]"),
+                    "source and target must be absolute paths".into(),
+                );
+            }
+        }
+        mcpfier_agent::container::ContainerSpec {
+            image: c.image.clone(),
+            memory: c.memory.bytes(),
+            cpus: c.cpus,
+            pids: c.pids,
+            network: c.network.clone(),
+            read_only: c.read_only,
+            user: c.user.clone(),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|m| mcpfier_agent::container::BindMount {
+                    source: m.source.display().to_string(),
+                    target: m.target.clone(),
+                    rw: m.rw,
+                })
+                .collect(),
+            pull: match c.pull {
+                crate::config::PullPolicy::Never => mcpfier_agent::container::Pull::Never,
+                crate::config::PullPolicy::Missing => mcpfier_agent::container::Pull::Missing,
+            },
+        }
+    });
     if section.concurrency == Some(0) {
         problem(format!("{at}.concurrency"), "must be at least 1".into());
     }
@@ -668,5 +725,6 @@ fn build_tool(
         concurrency: section.concurrency,
         input_schema,
         placement: section.placement.map(|p| p.labels).unwrap_or_default(),
+        container,
     })
 }

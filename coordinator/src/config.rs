@@ -174,6 +174,80 @@ pub struct ToolSection {
     pub concurrency: Option<usize>,
     /// Which agents may run it (needs a `fleet` section).
     pub placement: Option<Placement>,
+    /// Run the command in a hardened container instead of as a local process.
+    pub container: Option<ContainerSection>,
+}
+
+/// A tool's `container` section. Always, whatever it says: all capabilities dropped,
+/// no-new-privileges, an init process, mcpfier labels, environment through the API, and the
+/// container removed after the call.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSection {
+    /// The image, e.g. `localhost/tools:1.2`.
+    pub image: String,
+    /// Memory limit (default 512MiB); swap is limited to the same.
+    #[serde(default = "default_container_memory")]
+    pub memory: ByteSize,
+    /// CPUs (default 1).
+    #[serde(default = "default_cpus")]
+    pub cpus: f64,
+    /// Processes at once (default 256).
+    #[serde(default = "default_pids")]
+    pub pids: i64,
+    /// `none` (default), `bridge`, or a named network.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Read-only root filesystem with a small tmpfs at /tmp (default true).
+    #[serde(default = "default_true")]
+    pub read_only: bool,
+    /// `uid:gid` (default nobody, 65534:65534).
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Host paths to mount; read-only unless `rw: true`.
+    #[serde(default)]
+    pub mounts: Vec<MountSection>,
+    /// `never` or `missing` (default).
+    #[serde(default)]
+    pub pull: PullPolicy,
+}
+
+/// A bind mount.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MountSection {
+    pub source: PathBuf,
+    pub target: String,
+    #[serde(default)]
+    pub rw: bool,
+}
+
+/// When to pull a container image.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    Never,
+    #[default]
+    Missing,
+}
+
+fn default_container_memory() -> ByteSize {
+    ByteSize(512 << 20)
+}
+fn default_cpus() -> f64 {
+    1.0
+}
+fn default_pids() -> i64 {
+    256
+}
+fn default_network() -> String {
+    "none".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_user() -> String {
+    "65534:65534".into()
 }
 
 /// An element of `command`.

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, Tool};
 use crate::fleet::{self, Fleet};
+use mcpfier_agent::container::Engine;
 
 /// Why a call did not produce an [`Outcome`].
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum Error {
     Exec(#[from] exec::Error),
     #[error(transparent)]
     Fleet(#[from] fleet::Error),
+    #[error("this tool runs in a container, and {0}")]
+    Container(String),
 }
 
 /// A finished call: what happened, and where it ran (`None`: in this process).
@@ -47,6 +50,14 @@ pub struct Ran {
 pub struct Dispatcher {
     catalog: Arc<Catalog>,
     fleet: Option<Arc<Fleet>>,
+    /// The Docker Engine for in-process container calls, connected on first use.
+    engine: Arc<tokio::sync::OnceCell<Result<Engine, String>>>,
+}
+
+/// The owner label of containers an embedded coordinator starts.
+fn embedded_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("embedded-{}", host.trim())
 }
 
 impl Dispatcher {
@@ -55,6 +66,7 @@ impl Dispatcher {
         Self {
             catalog,
             fleet: None,
+            engine: Arc::default(),
         }
     }
 
@@ -65,7 +77,11 @@ impl Dispatcher {
             Some(settings) => Some(Fleet::start(settings, shutdown).await?),
             None => None,
         };
-        Ok(Self { catalog, fleet })
+        Ok(Self {
+            catalog,
+            fleet,
+            engine: Arc::default(),
+        })
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -114,10 +130,36 @@ impl Dispatcher {
                     agent: Some(ran.agent),
                 })
             }
-            None => Ok(Ran {
-                outcome: exec::run(exec, output, cancel).await?,
-                agent: None,
-            }),
+            None => match &exec.container {
+                None => Ok(Ran {
+                    outcome: exec::run(exec, output, cancel).await?,
+                    agent: None,
+                }),
+                Some(spec) => {
+                    let engine = self
+                        .engine
+                        .get_or_init(|| async {
+                            let engine = Engine::connect(&embedded_owner())
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            // Leftovers of an earlier crash go now, and then every minute.
+                            engine.start_reaper(CancellationToken::new());
+                            Ok(engine)
+                        })
+                        .await
+                        .as_ref()
+                        .map_err(|e| Error::Container(e.clone()))?;
+                    let call_id = uuid::Uuid::new_v4().to_string();
+                    let outcome = engine
+                        .run(exec, spec, &call_id, &tool.name, output, cancel)
+                        .await
+                        .map_err(|e| Error::Container(format!("could not run: {e}")))?;
+                    Ok(Ran {
+                        outcome,
+                        agent: None,
+                    })
+                }
+            },
         }
     }
 }

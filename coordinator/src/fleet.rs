@@ -86,6 +86,8 @@ struct Status {
     allow_tools: Vec<String>,
     /// Unix ms of the last record from etcd (etcd agents).
     updated_at: Option<u64>,
+    /// Announced features (`docker`, ...).
+    features: Vec<String>,
 }
 
 /// Where the coordinator learned of an agent.
@@ -187,6 +189,7 @@ impl Agent {
                 || s.allow_tools
                     .iter()
                     .any(|g| mcpfier_agent::policy::glob_match(g, &tool.name)))
+            && (tool.container.is_none() || s.features.iter().any(|f| f == "docker"))
     }
 
     /// Takes the agent out of routing until a health check succeeds again.
@@ -212,12 +215,21 @@ impl Agent {
                 s.last_error.as_deref().unwrap_or("not checked yet")
             )
         };
+        let docker = if s.info_known && !s.features.iter().any(|f| f == "docker") {
+            " no-docker"
+        } else {
+            ""
+        };
         let policy = if s.allow_tools.is_empty() || s.allow_tools == ["*"] {
             String::new()
         } else {
             format!(" allows {}", s.allow_tools.join(", "))
         };
-        format!("{} [{}]{policy} ({state})", self.id, labels.join(", "))
+        format!(
+            "{} [{}]{policy}{docker} ({state})",
+            self.id,
+            labels.join(", ")
+        )
     }
 
     async fn probe(&self) {
@@ -243,6 +255,7 @@ impl Agent {
                     s.labels = info.labels.into_iter().collect();
                     s.capacity = info.capacity.max(1);
                     s.allow_tools = info.allow_tools;
+                    s.features = info.features;
                     s.info_known = true;
                 });
             }
@@ -494,6 +507,7 @@ impl Fleet {
             s.running = record.running;
             s.draining = record.draining;
             s.allow_tools = record.allow_tools.clone();
+            s.features = record.capabilities.clone();
             s.updated_at = Some(record.updated_at);
             s.info_known = true;
         });

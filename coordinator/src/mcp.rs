@@ -114,6 +114,7 @@ pub fn output_schema() -> Map<String, Value> {
             "stderr": {"type": "string"},
             "truncated": {"type": "boolean", "description": "output went past max_output and was cut"},
             "timed_out": {"type": "boolean"},
+            "oom_killed": {"type": "boolean", "description": "a container call's memory limit killed it"},
             "duration_ms": {"type": "integer"},
             "agent": {"type": "string", "description": "the agent that ran the call (fleet mode)"},
             "error": {
@@ -173,6 +174,7 @@ pub fn structured(outcome: &Outcome, agent: Option<&str>) -> Value {
         "stderr": String::from_utf8_lossy(&outcome.stderr),
         "truncated": outcome.truncated(),
         "timed_out": outcome.timed_out,
+        "oom_killed": outcome.oom_killed,
         "duration_ms": outcome.duration.as_millis() as u64,
     });
     if let Some(agent) = agent {
@@ -183,7 +185,7 @@ pub fn structured(outcome: &Outcome, agent: Option<&str>) -> Value {
 
 /// The MCP result of a finished run.
 pub fn tool_result(tool: &Tool, outcome: &Outcome, agent: Option<&str>) -> CallToolResult {
-    let ok = tool.ok_exit(outcome.exit_code) && !outcome.timed_out;
+    let ok = tool.ok_exit(outcome.exit_code) && !outcome.timed_out && !outcome.oom_killed;
     let mut text = String::from_utf8_lossy(&outcome.stdout).into_owned();
     if !outcome.stderr.is_empty() {
         if !text.is_empty() && !text.ends_with('\n') {
@@ -192,7 +194,9 @@ pub fn tool_result(tool: &Tool, outcome: &Outcome, agent: Option<&str>) -> CallT
         text.push_str("--- stderr ---\n");
         text.push_str(&String::from_utf8_lossy(&outcome.stderr));
     }
-    if outcome.timed_out {
+    if outcome.oom_killed {
+        text.push_str("\n[mcpfier] killed: out of memory (the container's memory limit)");
+    } else if outcome.timed_out {
         text.push_str(&format!(
             "\n[mcpfier] timed out after {}; the command and everything it started were killed",
             humantime::format_duration(tool.timeout)

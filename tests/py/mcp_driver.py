@@ -9,6 +9,7 @@ array on stdout. Operations:
     {"op": "list_tools"}
     {"op": "call", "name": ..., "arguments": {...}, "progress": true,
      "cancel_when_file": PATH}   # abandon the call once PATH exists (sends notifications/cancelled)
+    {"op": "call_many", "name": ..., "arguments": {...}, "count": N}   # N calls at once
     {"op": "touch", "path": PATH}                  # create PATH (a sync point for the test)
     {"op": "wait_list_changed", "timeout": SECS}   # wait for notifications/tools/list_changed
 """
@@ -49,6 +50,22 @@ async def run_ops(session, init, ops, list_changed):
             with anyio.move_on_after(op.get("timeout", 10)):
                 await list_changed.wait()
             results.append({"changed": list_changed.is_set()})
+        elif kind == "call_many":
+            # `count` concurrent calls of the same tool; results in order.
+            out = [None] * op["count"]
+
+            async def one(i):
+                r = await session.call_tool(op["name"], op.get("arguments"))
+                out[i] = {
+                    "is_error": bool(r.is_error),
+                    "structured_content": r.structured_content,
+                    "text": [c.text for c in r.content if getattr(c, "type", "") == "text"],
+                }
+
+            async with anyio.create_task_group() as tg:
+                for i in range(op["count"]):
+                    tg.start_soon(one, i)
+            results.append({"results": out})
         elif kind == "init":
             results.append(dump(init))
         elif kind == "list_tools":

@@ -20,7 +20,11 @@ use anyhow::{Context, bail};
 const MCP_PYPI_PIN: &str = "mcp==2.3.0";
 
 /// Debian packages the tests need, each with a file that shows it is installed.
-const TEST_PACKAGES: &[(&str, &str)] = &[("etcd-server", "/usr/bin/etcd")];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("etcd-server", "/usr/bin/etcd"),
+    // The container tests import a root filesystem around it as their image.
+    ("busybox-static", "/bin/busybox"),
+];
 
 /// Debian packages the benchmark needs.
 const BENCH_PACKAGES: &[(&str, &str)] =

@@ -2,6 +2,7 @@
 //! HTTP by the official MCP Python SDK.
 
 mod cli;
+mod container;
 mod fleet;
 mod mcp;
 mod membership;

@@ -1,0 +1,502 @@
+//! Runs a resolved execution in a hardened Docker container through the Engine API (bollard;
+//! never the docker CLI).
+//!
+//! Whatever the tool asks: all capabilities dropped, no-new-privileges, an init process,
+//! labels `mcpfier.call_id`, `mcpfier.tool`, `mcpfier.owner`; the environment goes through
+//! the API (never argv); output is attached before start and capped like a process's; the
+//! container is removed after the call, on timeout, on cancellation, and when the future is
+//! dropped. A reaper removes containers carrying this owner's label that no call tracks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::exec::{Chunk, Event, Execution, Outcome, Stream};
+
+/// Label naming the call a container belongs to.
+pub const LABEL_CALL: &str = "mcpfier.call_id";
+/// Label naming the tool.
+pub const LABEL_TOOL: &str = "mcpfier.tool";
+/// Label naming the agent (or embedded coordinator) that owns the container.
+pub const LABEL_OWNER: &str = "mcpfier.owner";
+/// Label with the Unix time (ms) after which the call is over whatever happens: its start
+/// plus timeout plus grace. The reaper leaves younger containers alone, so two processes
+/// with the same owner never remove each other's running calls.
+pub const LABEL_DEADLINE: &str = "mcpfier.deadline_ms";
+
+/// When the image is pulled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pull {
+    Never,
+    Missing,
+}
+
+/// A host path mounted into the container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: String,
+    pub target: String,
+    pub rw: bool,
+}
+
+/// How a container call runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerSpec {
+    pub image: String,
+    /// Bytes; swap is set equal, so there is none beyond it.
+    pub memory: u64,
+    pub cpus: f64,
+    pub pids: i64,
+    /// `none`, `bridge`, or a named network.
+    pub network: String,
+    pub read_only: bool,
+    pub user: String,
+    pub mounts: Vec<BindMount>,
+    pub pull: Pull,
+}
+
+/// Why a container call could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no Docker daemon: {0} (is /var/run/docker.sock there and the daemon running?)")]
+    NoDaemon(String),
+    #[error(
+        "image `{0}` is not present and the tool says pull: never; build or load it on this host"
+    )]
+    ImageMissing(String),
+    #[error("pull image `{image}`: {why}")]
+    Pull { image: String, why: String },
+    #[error("{what}: {why}")]
+    Docker { what: &'static str, why: String },
+}
+
+fn docker_err(what: &'static str) -> impl Fn(bollard::errors::Error) -> Error {
+    move |e| Error::Docker {
+        what,
+        why: e.to_string(),
+    }
+}
+
+/// A connection to the Docker Engine, and the containers this process owns.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    owner: String,
+    tracked: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Engine {
+    /// Connects to the local daemon and agrees on an API version. `owner` labels every
+    /// container this engine creates (the agent id, or `embedded-<host>`).
+    pub async fn connect(owner: &str) -> Result<Engine, Error> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| Error::NoDaemon(e.to_string()))?
+            .negotiate_version()
+            .await
+            .map_err(|e| Error::NoDaemon(e.to_string()))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| Error::NoDaemon(e.to_string()))?;
+        Ok(Engine {
+            docker,
+            owner: owner.to_owned(),
+            tracked: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    /// The Engine API client.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Reaps now and then every minute until `shutdown`.
+    pub fn start_reaper(&self, shutdown: CancellationToken) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = engine.reap().await {
+                            warn!(error = %e, "reaping containers failed");
+                        }
+                    }
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    fn tracked(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes containers with this owner's label that no call of this process tracks and
+    /// whose deadline has passed (leftovers of a crash). Returns how many it removed.
+    pub async fn reap(&self) -> Result<usize, Error> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_OWNER}={}", self.owner)],
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_err("list containers"))?;
+        let mut removed = 0;
+        for c in list {
+            let Some(id) = c.id else { continue };
+            if self.tracked().contains(&id) {
+                continue;
+            }
+            let deadline = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_DEADLINE))
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(0);
+            if deadline > mcpfier_common::membership::now_ms() {
+                continue;
+            }
+            if self.remove(&id).await {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            info!(removed, owner = %self.owner, "reaped leftover containers");
+        }
+        Ok(removed)
+    }
+
+    async fn remove(&self, id: &str) -> bool {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => true,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => true,
+            Err(e) => {
+                warn!(container = %id, error = %e, "could not remove a container");
+                false
+            }
+        }
+    }
+
+    async fn ensure_image(&self, spec: &ContainerSpec) -> Result<(), Error> {
+        match self.docker.inspect_image(&spec.image).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => match spec.pull {
+                Pull::Never => Err(Error::ImageMissing(spec.image.clone())),
+                Pull::Missing => {
+                    let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+                        .from_image(&spec.image)
+                        .build();
+                    let mut pull = self.docker.create_image(Some(options), None, None);
+                    while let Some(step) = pull.next().await {
+                        step.map_err(|e| Error::Pull {
+                            image: spec.image.clone(),
+                            why: e.to_string(),
+                        })?;
+                    }
+                    Ok(())
+                }
+            },
+            Err(e) => Err(docker_err("inspect the image")(e)),
+        }
+    }
+
+    /// Runs `exec` in a container per `spec`. Like [`crate::exec::run`]: output within the
+    /// caps goes to `events` live; a non-zero exit is an outcome; the container is gone when
+    /// this returns (or is dropped).
+    pub async fn run(
+        &self,
+        exec: &Execution,
+        spec: &ContainerSpec,
+        call_id: &str,
+        tool: &str,
+        events: Option<UnboundedSender<Event>>,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, Error> {
+        self.ensure_image(spec).await?;
+        let labels = HashMap::from([
+            (LABEL_CALL.to_owned(), call_id.to_owned()),
+            (LABEL_TOOL.to_owned(), tool.to_owned()),
+            (LABEL_OWNER.to_owned(), self.owner.clone()),
+            (
+                LABEL_DEADLINE.to_owned(),
+                (mcpfier_common::membership::now_ms()
+                    + (exec.timeout + exec.kill_grace + Duration::from_secs(30)).as_millis()
+                        as u64)
+                    .to_string(),
+            ),
+        ]);
+        let mounts = spec
+            .mounts
+            .iter()
+            .map(|m| Mount {
+                target: Some(m.target.clone()),
+                source: Some(m.source.clone()),
+                typ: Some(MountType::BIND),
+                read_only: Some(!m.rw),
+                ..Default::default()
+            })
+            .collect();
+        let host = HostConfig {
+            memory: Some(spec.memory as i64),
+            memory_swap: Some(spec.memory as i64),
+            nano_cpus: Some((spec.cpus * 1e9) as i64),
+            pids_limit: Some(spec.pids),
+            network_mode: Some(spec.network.clone()),
+            readonly_rootfs: Some(spec.read_only),
+            tmpfs: spec.read_only.then(|| {
+                HashMap::from([("/tmp".to_owned(), "rw,nosuid,nodev,size=64m".to_owned())])
+            }),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            init: Some(true),
+            mounts: Some(mounts),
+            auto_remove: Some(false),
+            ..Default::default()
+        };
+        let mut env: Vec<String> = vec![format!(
+            "PATH={}",
+            exec.env.iter().find(|v| v.name == "PATH").map_or(
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                |v| v.value.as_str()
+            )
+        )];
+        env.extend(
+            exec.env
+                .iter()
+                .filter(|v| v.name != "PATH")
+                .map(|v| format!("{}={}", v.name, v.value)),
+        );
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(exec.argv.clone()),
+            entrypoint: Some(vec![]),
+            env: Some(env),
+            user: Some(spec.user.clone()),
+            working_dir: exec.workdir.as_ref().map(|p| p.display().to_string()),
+            labels: Some(labels),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            attach_stdin: Some(false),
+            open_stdin: Some(false),
+            tty: Some(false),
+            network_disabled: Some(spec.network == "none"),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
+            .await
+            .map_err(docker_err("create the container"))?;
+        let id = created.id;
+        self.tracked().insert(id.clone());
+        let guard = RemoveOnDrop {
+            engine: self.clone(),
+            id: Some(id.clone()),
+        };
+        let outcome = self.attach_start_wait(&id, exec, events, cancel).await;
+        let oom = match &outcome {
+            Ok(_) => self
+                .docker
+                .inspect_container(&id, None)
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.oom_killed)
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        guard.finish().await;
+        let mut outcome = outcome?;
+        outcome.oom_killed = oom;
+        Ok(outcome)
+    }
+
+    async fn attach_start_wait(
+        &self,
+        id: &str,
+        exec: &Execution,
+        events: Option<UnboundedSender<Event>>,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, Error> {
+        let attach = AttachContainerOptionsBuilder::new()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            // Attached before start, so the stream has everything; `logs` would replay some
+            // of it a second time when output races the attach.
+            .logs(false)
+            .build();
+        let attached = self
+            .docker
+            .attach_container(id, Some(attach))
+            .await
+            .map_err(docker_err("attach to the container"))?;
+        let started = Instant::now();
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(docker_err("start the container"))?;
+        if let Some(tx) = &events {
+            let _ = tx.send(Event::Started { pid: 0 });
+        }
+        let max = exec.max_output;
+        let reader = tokio::spawn(async move {
+            let mut output = attached.output;
+            let mut out = Capture::default();
+            let mut err = Capture::default();
+            while let Some(Ok(item)) = output.next().await {
+                let (capture, stream, data) = match item {
+                    bollard::container::LogOutput::StdOut { message } => {
+                        (&mut out, Stream::Stdout, message)
+                    }
+                    bollard::container::LogOutput::StdErr { message } => {
+                        (&mut err, Stream::Stderr, message)
+                    }
+                    _ => continue,
+                };
+                let kept = capture.take(&data, max);
+                if !kept.is_empty()
+                    && let Some(tx) = &events
+                {
+                    let _ = tx.send(Event::Output(Chunk {
+                        stream,
+                        data: kept.to_vec(),
+                    }));
+                }
+            }
+            (out, err)
+        });
+        let mut wait = self.docker.wait_container(id, None);
+        let mut timed_out = false;
+        let mut cancelled = false;
+        let code: Option<i64> = tokio::select! {
+            r = wait.next() => exit_code(r),
+            () = tokio::time::sleep(exec.timeout) => {
+                timed_out = true;
+                let _ = self.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("SIGTERM").build())).await;
+                match tokio::time::timeout(exec.kill_grace, wait.next()).await {
+                    Ok(r) => exit_code(r),
+                    Err(_) => {
+                        let _ = self.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build())).await;
+                        exit_code(wait.next().await)
+                    }
+                }
+            }
+            () = cancel.cancelled() => {
+                cancelled = true;
+                let _ = self.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build())).await;
+                exit_code(wait.next().await)
+            }
+        };
+        let duration = started.elapsed();
+        let (out, err) = match tokio::time::timeout(Duration::from_secs(2), reader).await {
+            Ok(Ok(r)) => r,
+            _ => (Capture::default(), Capture::default()),
+        };
+        let (exit_code, signal) = match code {
+            // The init process reports a signal death as 128 + signal.
+            Some(c) if c > 128 && (timed_out || cancelled) => (None, Some((c - 128) as i32)),
+            Some(c) => (Some(c as i32), None),
+            None => (None, None),
+        };
+        Ok(Outcome {
+            exit_code,
+            signal,
+            stdout: out.data,
+            stderr: err.data,
+            stdout_truncated: out.truncated,
+            stderr_truncated: err.truncated,
+            timed_out,
+            cancelled,
+            duration,
+            oom_killed: false,
+        })
+    }
+}
+
+fn exit_code(
+    r: Option<Result<bollard::models::ContainerWaitResponse, bollard::errors::Error>>,
+) -> Option<i64> {
+    match r {
+        Some(Ok(w)) => Some(w.status_code),
+        // bollard reports a non-zero exit as an error value carrying the code.
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
+        _ => None,
+    }
+}
+
+#[derive(Default)]
+struct Capture {
+    data: Vec<u8>,
+    truncated: bool,
+}
+
+impl Capture {
+    /// Keeps what fits under `max`; returns the kept part.
+    fn take<'a>(&mut self, data: &'a [u8], max: u64) -> &'a [u8] {
+        let room = max.saturating_sub(self.data.len() as u64) as usize;
+        let keep = data.len().min(room);
+        if keep < data.len() {
+            self.truncated = true;
+        }
+        self.data.extend_from_slice(&data[..keep]);
+        &data[..keep]
+    }
+}
+
+/// Removes the container when the call ends — or, if the future is dropped, from a task.
+struct RemoveOnDrop {
+    engine: Engine,
+    id: Option<String>,
+}
+
+impl RemoveOnDrop {
+    async fn finish(mut self) {
+        if let Some(id) = self.id.take() {
+            self.engine.remove(&id).await;
+            self.engine.tracked().remove(&id);
+        }
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let engine = self.engine.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    engine.remove(&id).await;
+                    engine.tracked().remove(&id);
+                });
+            }
+        }
+    }
+}
