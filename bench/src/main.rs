@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod containers;
 mod membership;
 
 struct Figures {
@@ -400,6 +401,9 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if std::env::args().any(|a| a == "--containers-only") {
+        return containers::run(dir.path());
+    }
     if only_membership {
         let certs = dir.path().join("certs");
         make_certs(&certs, &["b1", "b2"])?;
@@ -457,6 +461,7 @@ fn main() -> anyhow::Result<()> {
     drop(agent1);
     drop(agent2);
     membership::run(dir.path(), &certs, duration)?;
+    containers::run(dir.path())?;
 
     let (python, paddr) = start_python("async")?;
     let p1 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 1, duration)?;
