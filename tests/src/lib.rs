@@ -235,6 +235,19 @@ pub fn drive_http_raw(url: &str, ops: Value) -> (i32, String, String) {
     run_with_deadline(cmd, &ops.to_string(), Duration::from_secs(90)).expect("run the MCP driver")
 }
 
+/// The text blocks of a driver's call result, joined by newlines.
+pub fn result_text(result: &Value) -> String {
+    result["text"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
 /// Runs the `mcpfier` CLI to completion: (exit code, stdout, stderr).
 pub fn mcpfier_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(mcpfier());

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use mcpfier_tests::{
-    Agent, Certs, Coordinator, Scratch, containers_with_label, drive_http, test_image, wait_for,
+    Agent, Certs, Coordinator, Scratch, containers_with_label, drive_http, result_text as text,
+    test_image, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -73,18 +74,6 @@ fn stdout(r: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
-}
-
-fn text(r: &Value) -> String {
-    r["text"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
 }
 
 fn assert_no_containers(tool: &str) {

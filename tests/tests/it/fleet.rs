@@ -9,6 +9,7 @@ use mcpfier_common::tls::{self, Identity, Role, TlsFiles};
 use mcpfier_proto::v1::{self, agent_client::AgentClient, execute_event::Event};
 use mcpfier_tests::{
     Agent, Certs, Coordinator, Scratch, assert_all_gone, drive_http, drive_http_raw, read_pids,
+    result_text as text,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -102,18 +103,6 @@ impl Cluster {
         )
         .remove(0)
     }
-}
-
-fn text(r: &Value) -> String {
-    r["text"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -405,12 +394,14 @@ fn the_agent_refuses_clients_without_the_coordinator_identity() {
             "the agent accepted a client with {what}"
         );
     }
-    let log = c.a1.process.log_text();
-    assert!(
-        log.contains("only the coordinator role may connect"),
-        "{log}"
-    );
-    assert!(log.matches("TLS handshake refused").count() >= 4, "{log}");
+    // The client sees the refusal before the agent has necessarily logged it.
+    let logged = mcpfier_tests::wait_for(Duration::from_secs(10), || {
+        let log = c.a1.process.log_text();
+        (log.contains("only the coordinator role may connect")
+            && log.matches("TLS handshake refused").count() >= 4)
+            .then_some(())
+    });
+    assert!(logged.is_some(), "{}", c.a1.process.log_text());
 }
 
 #[test]

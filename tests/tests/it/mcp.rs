@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mcpfier_tests::{
     Coordinator, Scratch, assert_all_gone, drive_http, drive_stdio, http_request, read_pids,
+    result_text as text,
 };
 use serde_json::{Value, json};
 
@@ -97,18 +98,6 @@ impl Fixture {
         self.run(json!([{"op": "call", "name": name, "arguments": arguments}]))
             .remove(0)
     }
-}
-
-fn text(result: &Value) -> String {
-    result["text"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
 }
 
 fn lists_tools_with_their_schemas(t: Transport) {
