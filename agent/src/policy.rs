@@ -216,6 +216,56 @@ mod tests {
     }
 
     #[test]
+    fn container_calls_meet_the_image_and_limit_rules() {
+        let p = Policy {
+            allow_images: vec!["localhost/tools:*".into()],
+            max_memory: ByteSize(1 << 30),
+            ..Policy::default()
+        };
+        let spec = crate::container::ContainerSpec {
+            image: "localhost/tools:1.2".into(),
+            memory: 512 << 20,
+            cpus: 1.0,
+            pids: 256,
+            network: "none".into(),
+            read_only: true,
+            user: "65534:65534".into(),
+            mounts: vec![],
+            pull: crate::container::Pull::Never,
+        };
+        let ten = Duration::from_secs(10);
+        assert!(p.check("t", ten, 1024, Some(&spec)).is_ok());
+        let other = crate::container::ContainerSpec {
+            image: "docker.io/evil:latest".into(),
+            ..spec.clone()
+        };
+        assert!(matches!(
+            p.check("t", ten, 1024, Some(&other)),
+            Err(Refusal::Image { .. })
+        ));
+        let big = crate::container::ContainerSpec {
+            memory: 2 << 30,
+            ..spec.clone()
+        };
+        let err = p.check("t", ten, 1024, Some(&big)).unwrap_err().to_string();
+        assert!(err.contains("max_memory"), "{err}");
+        let no = Policy {
+            allow_containers: false,
+            ..Policy::default()
+        };
+        assert_eq!(
+            no.check("t", ten, 1024, Some(&spec)),
+            Err(Refusal::Containers)
+        );
+        // allow_local: false does not stop containers.
+        let local_off = Policy {
+            allow_local: false,
+            ..Policy::default()
+        };
+        assert!(local_off.check("t", ten, 1024, Some(&spec)).is_ok());
+    }
+
+    #[test]
     fn each_limit_refuses_with_its_name() {
         let p = Policy {
             allow_tools: vec!["safe-*".into()],

@@ -58,6 +58,7 @@ pub fn router(dispatcher: Dispatcher, shutdown: CancellationToken) -> Router {
         config,
     );
     let fleet_for_one = fleet.clone();
+    let fleet_for_health = fleet.clone();
     Router::new()
         .nest_service("/mcp", service)
         .route(
@@ -75,7 +76,21 @@ pub fn router(dispatcher: Dispatcher, shutdown: CancellationToken) -> Router {
                 },
             ),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            axum::routing::get(move || {
+                let fleet = fleet_for_health.clone();
+                async move {
+                    match fleet.map(|f| f.view().1) {
+                        Some(etcd) if etcd.configured && !etcd.connected => format!(
+                            "ok: etcd unreachable ({}); routing on the last known membership\n",
+                            etcd.last_error.as_deref().unwrap_or("not connected yet")
+                        ),
+                        _ => "ok\n".to_owned(),
+                    }
+                }
+            }),
+        )
         .route(
             "/fleet",
             axum::routing::get(move || {

@@ -215,6 +215,8 @@ fn schema_completion_and_help_work() {
         "call",
         "setup",
         "completion",
+        "agents",
+        "certs",
     ] {
         let (code, out, _) = mcpfier_cli(&[sub, "--help"], &[]);
         assert_eq!(code, 0);

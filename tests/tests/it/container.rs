@@ -283,6 +283,19 @@ fn container_calls_run_through_an_agent_over_mutual_tls() {
     let r = call(&c, "whoami");
     assert_eq!(stdout(&r).trim(), "65534", "{r}");
     assert_eq!(r["structured_content"]["agent"], "d1");
+    assert_eq!(
+        stdout(&call(&c, "caps")).trim(),
+        "CapEff:\t0000000000000000"
+    );
+    let devs = stdout(&call(&c, "interfaces"));
+    assert_eq!(
+        devs.lines()
+            .skip(2)
+            .map(|l| l.split(':').next().unwrap().trim())
+            .collect::<Vec<_>>(),
+        ["lo"]
+    );
+    assert_eq!(call(&c, "write-root")["is_error"], true);
     let r = call(&c, "sleeper");
     assert_eq!(r["structured_content"]["timed_out"], true, "{r}");
     assert_no_containers("whoami");

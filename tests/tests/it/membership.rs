@@ -291,6 +291,9 @@ fn etcd_going_away_and_back_loses_no_registration() {
         "/fleet never said etcd was down: {}",
         get_json(&c.addr, "/fleet")
     );
+    let (status, body) = mcpfier_tests::http_request(&c.addr, "GET", "/healthz", &[], "").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("etcd unreachable"), "{body}");
     // The agents cannot renew their leases; past the TTL they fence themselves.
     let fenced = wait_for(Duration::from_secs(15), || {
         let r = call(&c, "echo", json!({"m": "x"}));
