@@ -22,7 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::exec::{Chunk, Event, Execution, Outcome, Stream};
+use crate::exec::{Captured, Chunk, Event, Execution, Outcome, Stream};
 
 /// Label naming the call a container belongs to.
 pub const LABEL_CALL: &str = "mcpfier.call_id";
@@ -370,8 +370,8 @@ impl Engine {
         let max = exec.max_output;
         let reader = tokio::spawn(async move {
             let mut output = attached.output;
-            let mut out = Capture::default();
-            let mut err = Capture::default();
+            let mut out = Captured::default();
+            let mut err = Captured::default();
             while let Some(Ok(item)) = output.next().await {
                 let (capture, stream, data) = match item {
                     bollard::container::LogOutput::StdOut { message } => {
@@ -419,7 +419,7 @@ impl Engine {
         let duration = started.elapsed();
         let (out, err) = match tokio::time::timeout(Duration::from_secs(2), reader).await {
             Ok(Ok(r)) => r,
-            _ => (Capture::default(), Capture::default()),
+            _ => (Captured::default(), Captured::default()),
         };
         let (exit_code, signal) = match code {
             // The init process reports a signal death as 128 + signal.
@@ -450,25 +450,6 @@ fn exit_code(
         // bollard reports a non-zero exit as an error value carrying the code.
         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
         _ => None,
-    }
-}
-
-#[derive(Default)]
-struct Capture {
-    data: Vec<u8>,
-    truncated: bool,
-}
-
-impl Capture {
-    /// Keeps what fits under `max`; returns the kept part.
-    fn take<'a>(&mut self, data: &'a [u8], max: u64) -> &'a [u8] {
-        let room = max.saturating_sub(self.data.len() as u64) as usize;
-        let keep = data.len().min(room);
-        if keep < data.len() {
-            self.truncated = true;
-        }
-        self.data.extend_from_slice(&data[..keep]);
-        &data[..keep]
     }
 }
 

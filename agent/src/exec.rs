@@ -263,10 +263,25 @@ impl Drop for GroupGuard {
     }
 }
 
+/// One output stream as kept: at most the cap, and whether anything was dropped.
 #[derive(Default)]
-struct Captured {
-    data: Vec<u8>,
-    truncated: bool,
+pub(crate) struct Captured {
+    pub(crate) data: Vec<u8>,
+    pub(crate) truncated: bool,
+}
+
+impl Captured {
+    /// Keeps what of `data` still fits under `max` and returns that part; the rest is
+    /// dropped and marks the stream truncated.
+    pub(crate) fn take<'a>(&mut self, data: &'a [u8], max: u64) -> &'a [u8] {
+        let room = max.saturating_sub(self.data.len() as u64) as usize;
+        let keep = data.len().min(room);
+        if keep < data.len() {
+            self.truncated = true;
+        }
+        self.data.extend_from_slice(&data[..keep]);
+        &data[..keep]
+    }
 }
 
 async fn read_capped(
@@ -286,19 +301,14 @@ async fn read_capped(
             },
             () = stop.cancelled() => break,
         };
-        let room = max.saturating_sub(captured.data.len() as u64) as usize;
-        let keep = n.min(room);
-        if keep < n {
-            captured.truncated = true;
-        }
-        if keep > 0 {
-            captured.data.extend_from_slice(&buf[..keep]);
-            if let Some(tx) = &output {
-                let _ = tx.send(Event::Output(Chunk {
-                    stream,
-                    data: buf[..keep].to_vec(),
-                }));
-            }
+        let kept = captured.take(&buf[..n], max);
+        if !kept.is_empty()
+            && let Some(tx) = &output
+        {
+            let _ = tx.send(Event::Output(Chunk {
+                stream,
+                data: kept.to_vec(),
+            }));
         }
         // Past the cap the bytes are read and dropped, so the child never blocks on a full pipe.
     }
