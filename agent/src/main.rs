@@ -45,21 +45,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = cli
-        .log
-        .clone()
-        .or_else(|| std::env::var("MCPFIER_LOG").ok())
-        .unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    if cli.log_json {
-        builder.json().init();
-    } else {
-        builder.init();
+    let from_env = std::env::var("MCPFIER_LOG").ok();
+    if let Err(e) = mcpfier_common::logging::init(
+        cli.log.as_deref(),
+        from_env.as_deref(),
+        "info",
+        cli.log_json,
+    ) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

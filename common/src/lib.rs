@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod logging;
 pub mod membership;
 pub mod tls;
 

@@ -25,7 +25,15 @@ use cli::{CallArgs, CertRole, CertsCommand, Cli, Client, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    init_logging(&cli, &env);
+    if let Err(e) = mcpfier_common::logging::init(
+        cli.log.as_deref(),
+        env.get("MCPFIER_LOG").map(String::as_str),
+        "info,rmcp=warn",
+        cli.log_json,
+    ) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -39,25 +47,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(cli: &Cli, env: &HashMap<String, String>) {
-    let filter = cli
-        .log
-        .clone()
-        .or_else(|| env.get("MCPFIER_LOG").cloned())
-        .unwrap_or_else(|| "info,rmcp=warn".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    if cli.log_json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 

@@ -223,3 +223,13 @@ fn schema_completion_and_help_work() {
         assert!(out.contains("Example:"), "{sub} --help has no example");
     }
 }
+
+#[test]
+fn a_bad_log_filter_is_an_error_not_a_silent_default() {
+    let (code, _, err) = mcpfier_cli(&["--log", "info,x=nope", "schema"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("log filter `info,x=nope` is not valid"),
+        "{err}"
+    );
+}
