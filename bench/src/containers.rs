@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 
-use crate::{open_session, post, start_mcpfier};
+use crate::{call_tool, open_session, start_mcpfier};
 
 const CALLS: usize = 30;
 
@@ -67,18 +67,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let sid = open_session(&addr)?;
     let mut mcpfier = Vec::new();
     for n in 0..CALLS + 3 {
-        let body = format!(
-            r#"{{"jsonrpc":"2.0","id":{n},"method":"tools/call","params":{{"name":"cecho","arguments":{{}}}}}}"#
-        );
         let started = Instant::now();
-        let (status, _, text) = post(
-            &addr,
-            &[
-                ("Mcp-Session-Id", &sid),
-                ("MCP-Protocol-Version", "2025-11-25"),
-            ],
-            &body,
-        )?;
+        let (status, text) = call_tool(&addr, &sid, n, "cecho")?;
         let took = started.elapsed();
         if status != 200 || !text.contains("hello") || text.contains("\"isError\":true") {
             bail!("container call failed: {text}");

@@ -127,6 +127,28 @@ pub(crate) fn post(addr: &str, headers: &[(&str, &str)], body: &str) -> anyhow::
     Ok((status, hdrs, rest))
 }
 
+/// Sends `tools/call` of `tool` (no arguments) as request `id` on session `sid`; returns the
+/// status and body.
+pub(crate) fn call_tool(
+    addr: &str,
+    sid: &str,
+    id: usize,
+    tool: &str,
+) -> anyhow::Result<(u16, String)> {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+    );
+    let (status, _, text) = post(
+        addr,
+        &[
+            ("Mcp-Session-Id", sid),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ],
+        &body,
+    )?;
+    Ok((status, text))
+}
+
 /// Opens an MCP session (initialize + initialized) and returns its id.
 pub(crate) fn open_session(addr: &str) -> anyhow::Result<String> {
     let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;

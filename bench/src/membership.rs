@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 use mcpfier_common::membership::{AgentRecord, Etcd, now_ms};
 
 use crate::{
-    free_port, open_session, post, start_agent_with, start_logged, start_mcpfier, wait_for_port,
+    call_tool, free_port, open_session, start_agent_with, start_logged, start_mcpfier,
+    wait_for_port,
 };
 
 fn get_status(addr: &str, path: &str) -> anyhow::Result<u16> {
@@ -123,17 +124,7 @@ pub fn run(dir: &Path, certs: &Path, measure: Duration) -> anyhow::Result<()> {
         let mut n = 0;
         loop {
             n += 1;
-            let body = format!(
-                r#"{{"jsonrpc":"2.0","id":{n},"method":"tools/call","params":{{"name":"on-new","arguments":{{}}}}}}"#
-            );
-            let (status, _, text) = post(
-                &addr,
-                &[
-                    ("Mcp-Session-Id", &sid),
-                    ("MCP-Protocol-Version", "2025-11-25"),
-                ],
-                &body,
-            )?;
+            let (status, text) = call_tool(&addr, &sid, n, "on-new")?;
             if status == 200
                 && text.contains("\"agent\":\"b2\"")
                 && text.contains("\"isError\":false")
