@@ -112,14 +112,21 @@ impl Drop for Follower {
 }
 
 /// All calls, and how many are running.
-#[derive(Default)]
 pub struct Calls {
     map: Mutex<HashMap<String, Arc<Call>>>,
     /// Registered calls without a final event (kept apart so admission never scans the map,
-    /// which also holds finished calls).
-    running: AtomicUsize,
-    /// Woken when the number of running calls changes.
-    pub changed: tokio::sync::Notify,
+    /// which also holds finished calls). A `watch`, so a waiter never misses a change made
+    /// between reading the count and starting to wait.
+    running: watch::Sender<usize>,
+}
+
+impl Default for Calls {
+    fn default() -> Self {
+        Calls {
+            map: Mutex::default(),
+            running: watch::channel(0).0,
+        }
+    }
 }
 
 /// What `Calls::start` found.
@@ -144,15 +151,14 @@ impl Calls {
         if let Some(call) = map.get(id) {
             return Start::Existing(call.clone());
         }
-        let running = self.running.load(Ordering::SeqCst);
+        let running = *self.running.borrow();
         if running >= capacity {
             return Start::Full { running };
         }
         let call = Call::new();
         call.push(Event::Accepted(accepted));
         map.insert(id.to_owned(), call.clone());
-        self.running.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.running.send_modify(|n| *n += 1);
         Start::New(call)
     }
 
@@ -160,8 +166,7 @@ impl Calls {
     pub fn finish(&self, call: &Call, finished: v1::Finished) {
         if !call.is_finished() {
             call.push(Event::Finished(finished));
-            self.running.fetch_sub(1, Ordering::SeqCst);
-            self.changed.notify_waiters();
+            self.running.send_modify(|n| *n -= 1);
         }
     }
 
@@ -171,7 +176,12 @@ impl Calls {
 
     /// Calls not finished yet.
     pub fn running(&self) -> usize {
-        self.running.load(Ordering::SeqCst)
+        *self.running.borrow()
+    }
+
+    /// The number of running calls, as it changes.
+    pub fn watch_running(&self) -> watch::Receiver<usize> {
+        self.running.subscribe()
     }
 
     /// Cancels every running call (shutdown).
@@ -245,5 +255,21 @@ mod tests {
         ));
         calls.finish(&call, v1::Finished::default());
         assert!(matches!(calls.start("b", 1, accepted()), Start::New(_)));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_sees_the_last_call_finish_even_if_it_finished_first() {
+        let calls = Calls::default();
+        let Start::New(call) = calls.start("a", 1, accepted()) else {
+            panic!("a new call")
+        };
+        let mut running = calls.watch_running();
+        assert_eq!(*running.borrow(), 1);
+        // The call ends before the waiter starts waiting: the count is not missed.
+        calls.finish(&call, v1::Finished::default());
+        tokio::time::timeout(Duration::from_secs(5), running.wait_for(|n| *n == 0))
+            .await
+            .expect("the waiter sees zero")
+            .unwrap();
     }
 }

@@ -1,18 +1,15 @@
-//! mcpfier's execution engine and agent.
+//! mcpfier's agent: runs tool calls for coordinators over mutual-TLS gRPC.
 //!
-//! [`exec`] runs one fully resolved command: a process group with a clean environment, closed
-//! stdin, capped output, a timeout and cancellation, and nothing left behind. The coordinator
-//! links it to run tools in-process; the `mcpfier-agent` binary ([`server`], [`service`])
-//! runs the same code for remote calls over mutual-TLS gRPC.
+//! [`server`] accepts coordinators (TLS 1.3, coordinator-role certificates only) and serves
+//! [`service`]; [`policy`] limits what a coordinator may make it run; [`calls`] keeps calls
+//! by id so a repeated `Execute` attaches instead of running twice; [`membership`] registers
+//! the agent in etcd. The commands themselves run through `mcpfier-exec`.
 
 #![forbid(unsafe_code)]
 
 pub mod calls;
 pub mod config;
-pub mod container;
-pub mod exec;
 pub mod membership;
 pub mod policy;
 pub mod server;
 pub mod service;
-pub mod wire;

@@ -14,8 +14,10 @@ use mcpfier_agent::config;
 use mcpfier_agent::membership::{self, Membership};
 use mcpfier_agent::server::{self, TlsState};
 use mcpfier_agent::service::{Admission, AgentService};
+use mcpfier_exec::Executor;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 /// Runs mcpfier tool calls for coordinators (gRPC over mutual TLS).
@@ -84,39 +86,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("install a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install a SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("install a SIGHUP handler")?;
-    {
-        let calls = calls.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => calls.evict_old(),
-                    () = shutdown.cancelled() => return,
-                }
-            }
-        });
-    }
-    let engine = match mcpfier_agent::container::Engine::connect(&config.id).await {
-        Ok(engine) => {
+    // Every long-running task of the agent, and (apart) the running calls'.
+    let tasks = TaskTracker::new();
+    let call_tasks = TaskTracker::new();
+    tasks.spawn(evict_finished_calls(calls.clone(), shutdown.clone()));
+    let executor = Executor::new(config.id.clone());
+    let docker = match executor.docker().await {
+        Ok(_) => {
             info!("Docker available: container calls enabled");
-            engine.start_reaper(shutdown.clone());
-            Some(engine)
+            true
         }
         Err(e) => {
             warn!(error = %e, "no Docker: container calls are refused and the docker capability is not advertised");
-            None
+            false
         }
     };
-    let docker = engine.is_some();
-    let service = AgentService::new(config.clone(), calls.clone(), admission.clone(), engine);
+    tasks.spawn(executor.reaper().run(shutdown.clone()));
+    let service = AgentService::new(
+        config.clone(),
+        calls.clone(),
+        admission.clone(),
+        executor,
+        docker,
+        call_tasks.clone(),
+    );
     let server_shutdown = CancellationToken::new();
-    let mut server = tokio::spawn(server::serve(
+    let mut server = tasks.spawn(server::serve(
         listener,
         tls.clone(),
         service,
         server_shutdown.clone(),
     ));
+    let stop = |tasks: TaskTracker, call_tasks: TaskTracker| async move {
+        call_tasks.close();
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            call_tasks.wait().await;
+            tasks.wait().await;
+        })
+        .await;
+    };
 
     let mut membership = None;
     if let Some(etcd) = &config.etcd {
@@ -133,21 +142,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             calls: calls.clone(),
             admission: admission.clone(),
         };
-        let handle = tokio::spawn(m.run(shutdown.clone(), tx));
+        membership = Some(tasks.spawn(m.run(shutdown.clone(), tx)));
         // Wait for the first registration, but keep serving meanwhile; a duplicate id is fatal.
-        tokio::select! {
+        let early_exit = tokio::select! {
             first = rx => match first {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    server_shutdown.cancel();
-                    return Err(e.into());
-                }
-                Err(_) => anyhow::bail!("the etcd registration task ended unexpectedly"),
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(Err(e.into())),
+                Err(_) => Some(Err(anyhow::anyhow!("the etcd registration task ended unexpectedly"))),
             },
-            _ = term.recv() => { server_shutdown.cancel(); return Ok(()); }
-            _ = int.recv() => { server_shutdown.cancel(); return Ok(()); }
+            _ = term.recv() => Some(Ok(())),
+            _ = int.recv() => Some(Ok(())),
+        };
+        if let Some(result) = early_exit {
+            shutdown.cancel();
+            server_shutdown.cancel();
+            calls.cancel_all();
+            stop(tasks, call_tasks).await;
+            return result;
         }
-        membership = Some(handle);
     }
 
     // Serve until a signal (or a fatal membership error).
@@ -168,26 +180,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let grace = config.drain_grace.get();
     info!(running = calls.running(), grace = %humantime::format_duration(grace), "draining");
     admission.set_draining();
-    let deadline = tokio::time::sleep(grace);
-    tokio::pin!(deadline);
-    loop {
-        if calls.running() == 0 {
-            break;
-        }
-        tokio::select! {
-            () = calls.changed.notified() => {}
-            () = &mut deadline => { warn!(running = calls.running(), "drain grace over; killing what is left"); break; }
-            _ = term.recv() => { warn!("second signal; killing what is left"); break; }
-            _ = int.recv() => { warn!("second signal; killing what is left"); break; }
-        }
+    let mut running = calls.watch_running();
+    tokio::select! {
+        _ = running.wait_for(|n| *n == 0) => {}
+        () = tokio::time::sleep(grace) => warn!(running = calls.running(), "drain grace over; killing what is left"),
+        _ = term.recv() => warn!("second signal; killing what is left"),
+        _ = int.recv() => warn!("second signal; killing what is left"),
     }
     calls.cancel_all();
-    let killed_by = tokio::time::Instant::now() + Duration::from_secs(5);
-    while calls.running() > 0 && tokio::time::Instant::now() < killed_by {
-        tokio::select! {
-            () = calls.changed.notified() => {}
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
+    if tokio::time::timeout(Duration::from_secs(5), running.wait_for(|n| *n == 0))
+        .await
+        .is_err()
+    {
+        warn!(
+            running = calls.running(),
+            "calls still running 5s after they were killed"
+        );
     }
     // Leave etcd (the lease is revoked), then stop serving.
     shutdown.cancel();
@@ -195,7 +203,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
     }
     server_shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    stop(tasks, call_tasks).await;
     info!("stopped");
     Ok(())
+}
+
+/// Forgets finished calls past their retention, every 5 s until `shutdown`.
+async fn evict_finished_calls(calls: Arc<Calls>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => calls.evict_old(),
+            () = shutdown.cancelled() => return,
+        }
+    }
 }

@@ -47,7 +47,7 @@ pub fn initial_record(
         updated_at: now,
         draining: false,
         capabilities: crate::service::features(docker),
-        allow_tools: config.policy.allow_tools.clone(),
+        allow_tools: config.policy.allow_tools.patterns().to_vec(),
     }
 }
 
@@ -196,13 +196,8 @@ impl Membership {
         let mut fence_check = tokio::time::interval(Duration::from_millis(200));
         let mut last_update = Instant::now();
         let mut dirty = false;
+        let mut running = self.calls.watch_running();
         loop {
-            let changed = async {
-                tokio::select! {
-                    () = self.calls.changed.notified() => {}
-                    () = self.admission.changed.notified() => {}
-                }
-            };
             tokio::select! {
                 _ = renew.tick() => {
                     tokio::time::timeout(ttl / 3, keeper.keep_alive())
@@ -216,7 +211,8 @@ impl Membership {
                     Ok(None) => return Err("the keepalive stream ended".into()),
                     Err(e) => return Err(e.to_string()),
                 },
-                () = changed => dirty = true,
+                Ok(()) = running.changed() => dirty = true,
+                () = self.admission.changed.notified() => dirty = true,
                 _ = heartbeat.tick() => dirty = true,
                 _ = fence_check.tick() => self.check_fence(*last_renewed, ttl),
                 () = shutdown.cancelled() => return Ok(()),

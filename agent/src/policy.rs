@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+use mcpfier_common::glob::Globs;
 use mcpfier_common::{ByteSize, HumanDuration};
+use mcpfier_exec::ContainerSpec;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -12,8 +14,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Tool names this agent runs: globs with `*` (any run of characters) and `?` (one).
-    #[serde(default = "all_tools")]
-    pub allow_tools: Vec<String>,
+    #[serde(default = "Globs::any")]
+    pub allow_tools: Globs,
     /// Whether local processes may run (default true).
     #[serde(default = "yes")]
     pub allow_local: bool,
@@ -27,8 +29,8 @@ pub struct Policy {
     #[serde(default = "yes")]
     pub allow_containers: bool,
     /// Images container calls may use: globs (default `["*"]`).
-    #[serde(default = "all_tools")]
-    pub allow_images: Vec<String>,
+    #[serde(default = "Globs::any")]
+    pub allow_images: Globs,
     /// Most memory a container call may ask for (default 4GiB).
     #[serde(default = "default_max_memory")]
     pub max_memory: ByteSize,
@@ -53,12 +55,12 @@ fn default_max_pids() -> i64 {
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            allow_tools: all_tools(),
+            allow_tools: Globs::any(),
             allow_local: true,
             max_timeout: default_max_timeout(),
             max_output: default_max_output(),
             allow_containers: true,
-            allow_images: all_tools(),
+            allow_images: Globs::any(),
             max_memory: default_max_memory(),
             max_cpus: default_max_cpus(),
             max_pids: default_max_pids(),
@@ -66,9 +68,6 @@ impl Default for Policy {
     }
 }
 
-fn all_tools() -> Vec<String> {
-    vec!["*".into()]
-}
 fn yes() -> bool {
     true
 }
@@ -104,41 +103,16 @@ pub enum Refusal {
     },
 }
 
-/// Whether `text` matches `pattern`, where `*` matches any run and `?` one character.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
-
 impl Policy {
     /// Checks a container call's own limits.
-    pub fn check_container(&self, spec: &crate::container::ContainerSpec) -> Result<(), Refusal> {
+    pub fn check_container(&self, spec: &ContainerSpec) -> Result<(), Refusal> {
         if !self.allow_containers {
             return Err(Refusal::Containers);
         }
-        if !self.allow_images.iter().any(|g| glob_match(g, &spec.image)) {
+        if !self.allow_images.is_match(&spec.image) {
             return Err(Refusal::Image {
                 image: spec.image.clone(),
-                allowed: self.allow_images.join(", "),
+                allowed: self.allow_images.to_string(),
             });
         }
         if spec.memory > self.max_memory.bytes() {
@@ -171,12 +145,12 @@ impl Policy {
         tool: &str,
         timeout: Duration,
         max_output: u64,
-        container: Option<&crate::container::ContainerSpec>,
+        container: Option<&ContainerSpec>,
     ) -> Result<(), Refusal> {
-        if !self.allow_tools.iter().any(|g| glob_match(g, tool)) {
+        if !self.allow_tools.is_match(tool) {
             return Err(Refusal::Tool {
                 tool: tool.to_owned(),
-                allowed: self.allow_tools.join(", "),
+                allowed: self.allow_tools.to_string(),
             });
         }
         match container {
@@ -205,24 +179,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn globs_match_like_shell_globs() {
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("build-*", "build-linux"));
-        assert!(!glob_match("build-*", "deploy"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(glob_match("*lint*", "py-lint-fast"));
-        assert!(!glob_match("", "x"));
-        assert!(glob_match("", ""));
-    }
-
-    #[test]
     fn container_calls_meet_the_image_and_limit_rules() {
         let p = Policy {
-            allow_images: vec!["localhost/tools:*".into()],
+            allow_images: Globs::new(&["localhost/tools:*"]).unwrap(),
             max_memory: ByteSize(1 << 30),
             ..Policy::default()
         };
-        let spec = crate::container::ContainerSpec {
+        let spec = ContainerSpec {
             image: "localhost/tools:1.2".into(),
             memory: 512 << 20,
             cpus: 1.0,
@@ -231,11 +194,11 @@ mod tests {
             read_only: true,
             user: "65534:65534".into(),
             mounts: vec![],
-            pull: crate::container::Pull::Never,
+            pull: mcpfier_exec::Pull::Never,
         };
         let ten = Duration::from_secs(10);
         assert!(p.check("t", ten, 1024, Some(&spec)).is_ok());
-        let other = crate::container::ContainerSpec {
+        let other = ContainerSpec {
             image: "docker.io/evil:latest".into(),
             ..spec.clone()
         };
@@ -243,7 +206,7 @@ mod tests {
             p.check("t", ten, 1024, Some(&other)),
             Err(Refusal::Image { .. })
         ));
-        let big = crate::container::ContainerSpec {
+        let big = ContainerSpec {
             memory: 2 << 30,
             ..spec.clone()
         };
@@ -268,7 +231,7 @@ mod tests {
     #[test]
     fn each_limit_refuses_with_its_name() {
         let p = Policy {
-            allow_tools: vec!["safe-*".into()],
+            allow_tools: Globs::new(&["safe-*"]).unwrap(),
             ..Policy::default()
         };
         let ten = Duration::from_secs(10);

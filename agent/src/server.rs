@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::service::AgentService;
@@ -78,7 +79,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let accept_shutdown = shutdown.clone();
-    tokio::spawn(async move {
+    // The accept loop and the handshakes in flight; all end with `shutdown` (a handshake
+    // within its timeout).
+    let tasks = TaskTracker::new();
+    let handshakes = tasks.clone();
+    tasks.spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -94,7 +99,7 @@ pub async fn serve(
             let _ = tcp.set_nodelay(true);
             let acceptor = tls.acceptor();
             let tx = tx.clone();
-            tokio::spawn(async move {
+            handshakes.spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
@@ -106,11 +111,15 @@ pub async fn serve(
         }
     });
     info!("serving gRPC over mutual TLS");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(AgentServer::new(service))
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown.cancelled())
         .await
-        .context("serve gRPC")
+        .context("serve gRPC");
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    served
 }

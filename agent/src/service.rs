@@ -14,15 +14,11 @@ use tracing::{Instrument, info, warn};
 
 use crate::calls::{Call, Calls, Start};
 use crate::config::AgentConfig;
-use crate::container::Engine;
-use crate::exec::{self, Execution};
-use crate::wire;
+use mcpfier_exec::{ErrorKind, Execution, Executor, HasKind, wire};
+use tokio_util::task::TaskTracker;
 
 /// Features this agent announces in `Info`.
 pub const FEATURES: &[&str] = &["local-exec", "attach", "cancel"];
-
-/// Metadata key naming the kind of a refusal, for the coordinator to branch on.
-pub const ERROR_KIND: &str = "mcpfier-error-kind";
 
 /// Whether the agent takes new calls.
 #[derive(Default)]
@@ -61,8 +57,11 @@ pub struct AgentService {
     config: Arc<AgentConfig>,
     calls: Arc<Calls>,
     admission: Arc<Admission>,
-    /// The Docker Engine, when this host has a reachable daemon.
-    engine: Option<Engine>,
+    executor: Executor,
+    /// Whether a Docker daemon answered at start (announced as the `docker` feature).
+    docker: bool,
+    /// The running calls' tasks; the agent waits for them before it exits.
+    tasks: TaskTracker,
 }
 
 /// The features an agent announces: [`FEATURES`], plus `docker` when it can run containers.
@@ -75,28 +74,25 @@ pub fn features(docker: bool) -> Vec<String> {
 }
 
 impl AgentService {
+    /// The service; `docker` says whether `executor` reached a daemon at start. Each call
+    /// runs as a task of `tasks`.
     pub fn new(
         config: Arc<AgentConfig>,
         calls: Arc<Calls>,
         admission: Arc<Admission>,
-        engine: Option<Engine>,
+        executor: Executor,
+        docker: bool,
+        tasks: TaskTracker,
     ) -> Self {
         Self {
             config,
             calls,
             admission,
-            engine,
+            executor,
+            docker,
+            tasks,
         }
     }
-}
-
-fn refused(code: tonic::Code, kind: &'static str, message: String) -> Status {
-    let mut status = Status::new(code, message);
-    status.metadata_mut().insert(
-        ERROR_KIND,
-        tonic::metadata::MetadataValue::from_static(kind),
-    );
-    status
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<ExecuteEvent, Status>> + Send>>;
@@ -112,9 +108,8 @@ impl agent_server::Agent for AgentService {
         let req = request.into_inner();
         let agent = &self.config.id;
         if !wire::compatible(&req.protocol_version) {
-            return Err(refused(
-                tonic::Code::FailedPrecondition,
-                "version",
+            return Err(wire::refusal(
+                ErrorKind::Version,
                 format!(
                     "agent `{agent}` speaks protocol {}, the coordinator {:?}: upgrade one so their major versions match",
                     mcpfier_proto::PROTOCOL_VERSION,
@@ -123,11 +118,7 @@ impl agent_server::Agent for AgentService {
             ));
         }
         let exec = wire::execution(&req).map_err(|why| {
-            refused(
-                tonic::Code::InvalidArgument,
-                "invalid",
-                format!("invalid execution: {why}"),
-            )
+            wire::refusal(ErrorKind::Invalid, format!("invalid execution: {why}"))
         })?;
         if let Err(refusal) = self.config.policy.check(
             &req.tool,
@@ -136,9 +127,8 @@ impl agent_server::Agent for AgentService {
             exec.container.as_ref(),
         ) {
             warn!(call_id = %req.call_id, tool = %req.tool, %refusal, "refused by policy");
-            return Err(refused(
-                tonic::Code::PermissionDenied,
-                "policy",
+            return Err(wire::refusal(
+                ErrorKind::Policy,
                 format!("agent `{agent}` refuses: {refusal}"),
             ));
         }
@@ -148,16 +138,14 @@ impl agent_server::Agent for AgentService {
         };
         let known = self.calls.get(&req.call_id).is_some();
         if !known && self.admission.draining() {
-            return Err(refused(
-                tonic::Code::Unavailable,
-                "draining",
+            return Err(wire::refusal(
+                ErrorKind::Draining,
                 format!("agent `{agent}` is draining and takes no new calls"),
             ));
         }
         if !known && self.admission.fenced() {
-            return Err(refused(
-                tonic::Code::Unavailable,
-                "fenced",
+            return Err(wire::refusal(
+                ErrorKind::Fenced,
                 format!(
                     "agent `{agent}` lost its etcd lease and takes no calls until it renews it"
                 ),
@@ -178,9 +166,8 @@ impl agent_server::Agent for AgentService {
                 let first = futures::stream::once(async move { Ok(first) });
                 Ok(Response::new(Box::pin(first.chain(call.follow(1)))))
             }
-            Start::Full { running } => Err(refused(
-                tonic::Code::ResourceExhausted,
-                "capacity",
+            Start::Full { running } => Err(wire::refusal(
+                ErrorKind::Capacity,
                 format!(
                     "agent `{agent}` is at capacity ({running} of {} calls running)",
                     self.config.capacity
@@ -194,10 +181,10 @@ impl agent_server::Agent for AgentService {
                     request_id = %req.request_id,
                     tool = %req.tool
                 );
-                let engine = self.engine.clone();
+                let executor = self.executor.clone();
                 let (call_id, tool) = (req.call_id.clone(), req.tool.clone());
-                tokio::spawn(
-                    run(self.calls.clone(), call, exec, engine, call_id, tool).instrument(span),
+                self.tasks.spawn(
+                    run(self.calls.clone(), call, exec, executor, call_id, tool).instrument(span),
                 );
                 Ok(Response::new(Box::pin(stream)))
             }
@@ -227,8 +214,8 @@ impl agent_server::Agent for AgentService {
             protocol_version: mcpfier_proto::PROTOCOL_VERSION.into(),
             labels: self.config.labels.clone().into_iter().collect(),
             capacity: self.config.capacity,
-            features: features(self.engine.is_some()),
-            allow_tools: self.config.policy.allow_tools.clone(),
+            features: features(self.docker),
+            allow_tools: self.config.policy.allow_tools.patterns().to_vec(),
         }))
     }
 
@@ -246,7 +233,7 @@ async fn run(
     calls: Arc<Calls>,
     call: Arc<Call>,
     exec: Execution,
-    engine: Option<Engine>,
+    executor: Executor,
     call_id: String,
     tool: String,
 ) {
@@ -256,33 +243,11 @@ async fn run(
         let call = call.clone();
         async move {
             while let Some(event) = rx.recv().await {
-                call.push(match event {
-                    exec::Event::Started { pid } => Event::Started(v1::Started { pid }),
-                    exec::Event::Output(chunk) => Event::Output(v1::OutputChunk {
-                        stream: match chunk.stream {
-                            exec::Stream::Stdout => v1::OutputStream::Stdout as i32,
-                            exec::Stream::Stderr => v1::OutputStream::Stderr as i32,
-                        },
-                        data: chunk.data,
-                    }),
-                });
+                call.push(wire::event(event));
             }
         }
     };
-    let work = async {
-        match (&exec.container, &engine) {
-            (None, _) => exec::run(&exec, Some(tx), call.cancel.clone())
-                .await
-                .map_err(|e| e.to_string()),
-            (Some(spec), Some(engine)) => engine
-                .run(&exec, spec, &call_id, &tool, Some(tx), call.cancel.clone())
-                .await
-                .map_err(|e| e.to_string()),
-            (Some(_), None) => {
-                Err("this agent has no Docker daemon, so it runs no containers".into())
-            }
-        }
-    };
+    let work = executor.run(&exec, &call_id, &tool, Some(tx), call.cancel.clone());
     let result = tokio::join!(work, forward).0;
     let finished = match result {
         Ok(outcome) => {
@@ -296,11 +261,8 @@ async fn run(
             wire::finished(&outcome)
         }
         Err(e) => {
-            warn!(error = %e, "call could not start");
-            v1::Finished {
-                error: e.to_string(),
-                ..Default::default()
-            }
+            warn!(error = %e, kind = %e.kind(), "call could not start");
+            wire::finished_error(e.kind(), e.to_string())
         }
     };
     calls.finish(&call, finished);

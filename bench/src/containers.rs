@@ -17,21 +17,24 @@ fn p50(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-async fn docker_run_rm(docker: &bollard::Docker, image: &str) -> anyhow::Result<Duration> {
+async fn docker_run_rm(
+    docker: &mcpfier_exec::bollard::Docker,
+    image: &str,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let body = bollard::models::ContainerCreateBody {
+    let body = mcpfier_exec::bollard::models::ContainerCreateBody {
         image: Some(image.to_owned()),
         cmd: Some(vec!["/bin/echo".into(), "hello".into()]),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
-        host_config: Some(bollard::models::HostConfig {
+        host_config: Some(mcpfier_exec::bollard::models::HostConfig {
             network_mode: Some("none".into()),
             ..Default::default()
         }),
         ..Default::default()
     };
     let id = docker.create_container(None, body).await?.id;
-    let attach = bollard::query_parameters::AttachContainerOptionsBuilder::new()
+    let attach = mcpfier_exec::bollard::query_parameters::AttachContainerOptionsBuilder::new()
         .stream(true)
         .stdout(true)
         .stderr(true)
@@ -44,7 +47,7 @@ async fn docker_run_rm(docker: &bollard::Docker, image: &str) -> anyhow::Result<
     }
     let mut wait = docker.wait_container(&id, None);
     let _ = wait.next().await;
-    let remove = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+    let remove = mcpfier_exec::bollard::query_parameters::RemoveContainerOptionsBuilder::new()
         .force(true)
         .build();
     docker.remove_container(&id, Some(remove)).await?;
@@ -80,7 +83,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     drop(server);
     let rt = tokio::runtime::Runtime::new()?;
     let direct = rt.block_on(async {
-        let docker = bollard::Docker::connect_with_local_defaults()?
+        let docker = mcpfier_exec::bollard::Docker::connect_with_local_defaults()?
             .negotiate_version()
             .await?;
         let mut v = Vec::new();

@@ -1,8 +1,10 @@
-//! What both the coordinator and the agent need: mutual-TLS identities ([`tls`]), and byte sizes and
-//! durations written the way people write them (`1MiB`, `30s`).
+//! What both the coordinator and the agent need: mutual-TLS identities ([`tls`]), etcd
+//! membership ([`membership`]), name globs ([`glob`]), the log set-up ([`logging`]), and byte
+//! sizes and durations written the way people write them (`1MiB`, `30s`).
 
 #![forbid(unsafe_code)]
 
+pub mod glob;
 pub mod logging;
 pub mod membership;
 pub mod tls;

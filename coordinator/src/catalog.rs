@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use mcpfier_agent::exec::{DEFAULT_KILL_GRACE, EnvVar, Execution};
 use mcpfier_common::tls::{Role, TlsFiles};
+use mcpfier_exec::{DEFAULT_KILL_GRACE, EnvVar, Execution};
 use regex::Regex;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
@@ -67,7 +67,7 @@ pub struct Tool {
     /// Labels an agent needs to run this tool (fleet mode).
     pub placement: BTreeMap<String, String>,
     /// Run in a container (`container:` section).
-    pub container: Option<mcpfier_agent::container::ContainerSpec>,
+    pub container: Option<mcpfier_exec::ContainerSpec>,
 }
 
 impl Tool {
@@ -678,7 +678,7 @@ fn build_tool(
                 );
             }
         }
-        mcpfier_agent::container::ContainerSpec {
+        mcpfier_exec::ContainerSpec {
             image: c.image.clone(),
             memory: c.memory.bytes(),
             cpus: c.cpus,
@@ -689,15 +689,15 @@ fn build_tool(
             mounts: c
                 .mounts
                 .iter()
-                .map(|m| mcpfier_agent::container::BindMount {
+                .map(|m| mcpfier_exec::BindMount {
                     source: m.source.display().to_string(),
                     target: m.target.clone(),
                     rw: m.rw,
                 })
                 .collect(),
             pull: match c.pull {
-                crate::config::PullPolicy::Never => mcpfier_agent::container::Pull::Never,
-                crate::config::PullPolicy::Missing => mcpfier_agent::container::Pull::Missing,
+                crate::config::PullPolicy::Never => mcpfier_exec::Pull::Never,
+                crate::config::PullPolicy::Missing => mcpfier_exec::Pull::Missing,
             },
         }
     });

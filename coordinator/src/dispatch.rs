@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcpfier_agent::exec::{self, Event, Execution, Outcome};
+use mcpfier_exec::{ErrorKind, Event, Execution, Executor, HasKind, Outcome, executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc::UnboundedSender};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, Tool};
 use crate::fleet::{self, Fleet};
-use mcpfier_agent::container::Engine;
 
 /// Why a call did not produce an [`Outcome`].
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +30,21 @@ pub enum Error {
     ServerBusy { limit: usize, waited: String },
     #[error("call cancelled before it started")]
     Cancelled,
-    #[error(transparent)]
-    Exec(#[from] exec::Error),
+    #[error("the command could not run: {0}")]
+    Exec(#[from] executor::Error),
     #[error(transparent)]
     Fleet(#[from] fleet::Error),
-    #[error("this tool runs in a container, and {0}")]
-    Container(String),
+}
+
+impl HasKind for Error {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Error::ToolBusy { .. } | Error::ServerBusy { .. } => ErrorKind::Busy,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::Exec(e) => e.kind(),
+            Error::Fleet(e) => e.kind(),
+        }
+    }
 }
 
 /// A finished call: what happened, and where it ran (`None`: in this process).
@@ -50,12 +59,12 @@ pub struct Ran {
 pub struct Dispatcher {
     catalog: Arc<Catalog>,
     fleet: Option<Arc<Fleet>>,
-    /// The Docker Engine for in-process container calls, connected on first use.
-    engine: Arc<tokio::sync::OnceCell<Result<Engine, String>>>,
+    /// Runs in-process calls (processes, and containers through the local Docker Engine).
+    executor: Executor,
 }
 
 /// The owner label of containers an embedded coordinator starts.
-fn embedded_owner() -> String {
+pub fn embedded_owner() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("embedded-{}", host.trim())
 }
@@ -66,21 +75,33 @@ impl Dispatcher {
         Self {
             catalog,
             fleet: None,
-            engine: Arc::default(),
+            executor: Executor::new(embedded_owner()),
         }
     }
 
-    /// A dispatcher for the catalog's mode: the fleet (connecting to its agents and checking
-    /// them until `shutdown`) when the config has one, else this process.
-    pub async fn start(catalog: Arc<Catalog>, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    /// A dispatcher for the catalog's mode: the fleet when the config has one, else this
+    /// process. Its long-running parts (the fleet's health loop and etcd follower, or the
+    /// container reaper) run in `tasks` until `shutdown`; the caller waits for `tasks`.
+    pub async fn start(
+        catalog: Arc<Catalog>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let executor = Executor::new(embedded_owner());
         let fleet = match &catalog.fleet {
-            Some(settings) => Some(Fleet::start(settings, shutdown).await?),
-            None => None,
+            Some(settings) => Some(Fleet::start(settings, tasks, shutdown).await?),
+            None => {
+                if catalog.tools.values().any(|t| t.container.is_some()) {
+                    // Leftovers of an earlier crash go now, and then every minute.
+                    tasks.spawn(executor.reaper().run(shutdown));
+                }
+                None
+            }
         };
         Ok(Self {
             catalog,
             fleet,
-            engine: Arc::default(),
+            executor,
         })
     }
 
@@ -130,36 +151,17 @@ impl Dispatcher {
                     agent: Some(ran.agent),
                 })
             }
-            None => match &exec.container {
-                None => Ok(Ran {
-                    outcome: exec::run(exec, output, cancel).await?,
+            None => {
+                let call_id = uuid::Uuid::new_v4().to_string();
+                let outcome = self
+                    .executor
+                    .run(exec, &call_id, &tool.name, output, cancel)
+                    .await?;
+                Ok(Ran {
+                    outcome,
                     agent: None,
-                }),
-                Some(spec) => {
-                    let engine = self
-                        .engine
-                        .get_or_init(|| async {
-                            let engine = Engine::connect(&embedded_owner())
-                                .await
-                                .map_err(|e| e.to_string())?;
-                            // Leftovers of an earlier crash go now, and then every minute.
-                            engine.start_reaper(CancellationToken::new());
-                            Ok(engine)
-                        })
-                        .await
-                        .as_ref()
-                        .map_err(|e| Error::Container(e.clone()))?;
-                    let call_id = uuid::Uuid::new_v4().to_string();
-                    let outcome = engine
-                        .run(exec, spec, &call_id, &tool.name, output, cancel)
-                        .await
-                        .map_err(|e| Error::Container(format!("could not run: {e}")))?;
-                    Ok(Ran {
-                        outcome,
-                        agent: None,
-                    })
-                }
-            },
+                })
+            }
         }
     }
 }

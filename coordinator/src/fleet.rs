@@ -17,15 +17,17 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
-use mcpfier_agent::exec::{Chunk, Event, Execution, Outcome, Stream};
-use mcpfier_agent::wire;
+use mcpfier_common::glob::Globs;
 use mcpfier_common::tls::{self, Identity, Role};
+use mcpfier_exec::wire;
+use mcpfier_exec::{ErrorKind, Event, Execution, HasKind, Outcome};
 use mcpfier_proto::v1::{self, agent_client::AgentClient, execute_event};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
@@ -52,9 +54,25 @@ pub enum Error {
         why: String,
     },
     #[error("agent `{agent}` could not start the command: {message}")]
-    Start { agent: String, message: String },
+    Start {
+        agent: String,
+        kind: ErrorKind,
+        message: String,
+    },
     #[error("call cancelled")]
     Cancelled,
+}
+
+impl HasKind for Error {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NoAgent(_) => ErrorKind::NoAgent,
+            Error::NotAccepted(_) => ErrorKind::NotAccepted,
+            Error::AgentLost { .. } => ErrorKind::AgentLost,
+            Error::Start { kind, .. } => *kind,
+            Error::Cancelled => ErrorKind::Cancelled,
+        }
+    }
 }
 
 /// A status with the chain of causes behind it (TLS refusals hide in there).
@@ -72,6 +90,11 @@ fn status_text(status: &tonic::Status) -> String {
     text
 }
 
+/// An agent's announced `allow_tools`: `None` (assume all) when it announced none.
+fn peer_globs(patterns: &[String]) -> Option<Arc<Globs>> {
+    (!patterns.is_empty()).then(|| Arc::new(Globs::lenient(patterns)))
+}
+
 /// What an agent last told us.
 #[derive(Clone, Debug, Default)]
 struct Status {
@@ -82,8 +105,8 @@ struct Status {
     draining: bool,
     last_error: Option<String>,
     info_known: bool,
-    /// `policy.allow_tools` globs (empty: not known yet, assume all).
-    allow_tools: Vec<String>,
+    /// `policy.allow_tools` globs (`None`: not known yet, assume all).
+    allow_tools: Option<Arc<Globs>>,
     /// Unix ms of the last record from etcd (etcd agents).
     updated_at: Option<u64>,
     /// Announced features (`docker`, ...).
@@ -185,14 +208,24 @@ impl Agent {
                 .placement
                 .iter()
                 .all(|(k, v)| s.labels.get(k) == Some(v))
-            && (s.allow_tools.is_empty()
-                || s.allow_tools
-                    .iter()
-                    .any(|g| mcpfier_agent::policy::glob_match(g, &tool.name)))
+            && s.allow_tools
+                .as_ref()
+                .is_none_or(|g| g.is_match(&tool.name))
             && (tool.container.is_none() || s.features.iter().any(|f| f == "docker"))
     }
 
     /// Takes the agent out of routing until a health check succeeds again.
+    /// Takes in an agent's refusal before it accepted a call: a refusal of kind `kind`, or
+    /// (`None`) a failure to talk to it at all.
+    fn refused(&self, kind: Option<ErrorKind>, why: &str) {
+        match kind {
+            // It says so itself, and its next record or health check says when it is back.
+            Some(ErrorKind::Draining | ErrorKind::Fenced) => self.update(|s| s.draining = true),
+            Some(kind) if !kind.marks_agent_failed() => {}
+            _ => self.mark_failed(why),
+        }
+    }
+
     fn mark_failed(&self, why: &str) {
         let was = self.status().healthy;
         self.update(|s| {
@@ -220,10 +253,9 @@ impl Agent {
         } else {
             ""
         };
-        let policy = if s.allow_tools.is_empty() || s.allow_tools == ["*"] {
-            String::new()
-        } else {
-            format!(" allows {}", s.allow_tools.join(", "))
+        let policy = match &s.allow_tools {
+            Some(g) if !g.matches_everything() => format!(" allows {g}"),
+            _ => String::new(),
         };
         format!(
             "{} [{}]{policy}{docker} ({state})",
@@ -254,7 +286,7 @@ impl Agent {
                 self.update(|s| {
                     s.labels = info.labels.into_iter().collect();
                     s.capacity = info.capacity.max(1);
-                    s.allow_tools = info.allow_tools;
+                    s.allow_tools = peer_globs(&info.allow_tools);
                     s.features = info.features;
                     s.info_known = true;
                 });
@@ -313,6 +345,8 @@ pub struct EtcdView {
 /// The fleet: cheap to share behind an `Arc`.
 pub struct Fleet {
     agents: RwLock<Vec<Arc<Agent>>>,
+    /// Cancel RPCs that outlive the call they cancel.
+    tasks: TaskTracker,
     rotate: AtomicUsize,
     material: tls::Material,
     connect_timeout: Duration,
@@ -362,11 +396,13 @@ impl Fleet {
     /// `health_interval` until `shutdown`.
     pub async fn start(
         settings: &FleetSettings,
+        tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Fleet>> {
         let material = tls::load(&settings.tls)?;
         let fleet = Arc::new(Fleet {
             agents: RwLock::new(Vec::new()),
+            tasks: tasks.clone(),
             rotate: AtomicUsize::new(0),
             material,
             connect_timeout: settings.connect_timeout,
@@ -382,7 +418,8 @@ impl Fleet {
         }
         futures::future::join_all(fleet.snapshot().iter().map(|a| a.probe())).await;
         if let Some(etcd) = &settings.etcd {
-            let first = crate::membership::follow(fleet.clone(), etcd.clone(), shutdown.clone());
+            let first =
+                crate::membership::follow(fleet.clone(), etcd.clone(), tasks, shutdown.clone());
             // Route with a first list when etcd answers quickly; otherwise start anyway and
             // catch up when it does.
             let _ = tokio::time::timeout(Duration::from_secs(3), first).await;
@@ -390,7 +427,7 @@ impl Fleet {
         {
             let fleet = fleet.clone();
             let every = settings.health_interval;
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;
                 loop {
@@ -506,7 +543,7 @@ impl Fleet {
             s.capacity = record.capacity.max(1);
             s.running = record.running;
             s.draining = record.draining;
-            s.allow_tools = record.allow_tools.clone();
+            s.allow_tools = peer_globs(&record.allow_tools);
             s.features = record.capabilities.clone();
             s.updated_at = Some(record.updated_at);
             s.info_known = true;
@@ -635,15 +672,10 @@ impl Fleet {
                 Ok(r) => r.into_inner(),
                 Err(status) => {
                     let text = status_text(&status);
-                    let why = format!("agent `{}`: {text}", agent.id);
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unknown
-                    ) {
-                        agent.mark_failed(&text);
-                    }
-                    debug!(agent = %agent.id, code = ?status.code(), "not accepted");
-                    refusals.push(why);
+                    let kind = wire::refusal_kind(&status);
+                    agent.refused(kind, &text);
+                    debug!(agent = %agent.id, kind = kind.map_or("transport", ErrorKind::as_str), "not accepted");
+                    refusals.push(format!("agent `{}`: {text}", agent.id));
                     continue;
                 }
             };
@@ -658,7 +690,7 @@ impl Fleet {
                 }))) => {}
                 Ok(Some(Err(status))) => {
                     let text = status_text(&status);
-                    agent.mark_failed(&text);
+                    agent.refused(wire::refusal_kind(&status), &text);
                     refusals.push(format!("agent `{}`: {text}", agent.id));
                     continue;
                 }
@@ -680,7 +712,7 @@ impl Fleet {
                     () = cancel.cancelled() => {
                         let mut client = agent.client.clone();
                         let id = call_id.clone();
-                        tokio::spawn(async move {
+                        self.tasks.spawn(async move {
                             let _ = tokio::time::timeout(RPC_TIMEOUT, client.cancel(v1::CancelRequest { call_id: id })).await;
                         });
                         return Err(Error::Cancelled);
@@ -697,33 +729,26 @@ impl Fleet {
                 match event.event {
                     Some(execute_event::Event::Started(s)) => {
                         if let Some(tx) = &events {
-                            let _ = tx.send(Event::Started { pid: s.pid });
+                            let _ = tx.send(wire::started(&s));
                         }
                     }
                     Some(execute_event::Event::Output(chunk)) => {
                         if let Some(tx) = &events {
-                            let stream = if chunk.stream == v1::OutputStream::Stderr as i32 {
-                                Stream::Stderr
-                            } else {
-                                Stream::Stdout
-                            };
-                            let _ = tx.send(Event::Output(Chunk {
-                                stream,
-                                data: chunk.data,
-                            }));
+                            let _ = tx.send(wire::output(chunk));
                         }
                     }
                     Some(execute_event::Event::Finished(f)) => {
-                        if !f.error.is_empty() {
-                            return Err(Error::Start {
+                        return match wire::finished_result(f) {
+                            Ok(outcome) => Ok(Ran {
+                                outcome,
                                 agent: agent.id.clone(),
-                                message: f.error,
-                            });
-                        }
-                        return Ok(Ran {
-                            outcome: wire::outcome(f),
-                            agent: agent.id.clone(),
-                        });
+                            }),
+                            Err((kind, message)) => Err(Error::Start {
+                                agent: agent.id.clone(),
+                                kind,
+                                message,
+                            }),
+                        };
                     }
                     Some(execute_event::Event::Accepted(_)) | None => {}
                 }

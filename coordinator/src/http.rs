@@ -12,6 +12,7 @@ use rmcp::transport::streamable_http_server::{
     StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
 };
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::dispatch::Dispatcher;
@@ -40,7 +41,7 @@ pub fn check_listen(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// The axum router serving MCP at `/mcp`.
-pub fn router(dispatcher: Dispatcher, shutdown: CancellationToken) -> Router {
+pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: CancellationToken) -> Router {
     let catalog = dispatcher.catalog().clone();
     let origins = LOOPBACK_ORIGINS
         .iter()
@@ -51,7 +52,7 @@ pub fn router(dispatcher: Dispatcher, shutdown: CancellationToken) -> Router {
         .enforce_origin_validation()
         .with_cancellation_token(shutdown.child_token());
     let fleet = dispatcher.fleet().cloned();
-    let server = Server::new(dispatcher);
+    let server = Server::new(dispatcher, tasks, shutdown.clone());
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),
@@ -114,6 +115,7 @@ pub fn router(dispatcher: Dispatcher, shutdown: CancellationToken) -> Router {
 pub async fn serve(
     dispatcher: Dispatcher,
     listen: SocketAddr,
+    tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     check_listen(listen)?;
@@ -122,7 +124,7 @@ pub async fn serve(
         .with_context(|| format!("listen on {listen}"))?;
     let local = listener.local_addr().context("read the bound address")?;
     let tools = dispatcher.catalog().tools.len();
-    let app = router(dispatcher, shutdown.clone());
+    let app = router(dispatcher, tasks, shutdown.clone());
     // Small SSE writes must not wait for the peer's delayed ACK (about 40 ms per response).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

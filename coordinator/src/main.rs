@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser};
-use mcpfier_agent::exec::{Event, Stream};
 use mcpfier_coordinator::catalog::{Catalog, Tool};
 use mcpfier_coordinator::config::{self, ParamType};
 use mcpfier_coordinator::dispatch::Dispatcher;
 use mcpfier_coordinator::{http, mcp};
+use mcpfier_exec::{Event, Stream};
 use rmcp::ServiceExt;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 mod cli;
 use cli::{CallArgs, CertRole, CertsCommand, Cli, Client, Command};
@@ -47,6 +48,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Stops the long-running tasks and waits for them (a few seconds at most).
+async fn stop(tasks: TaskTracker, shutdown: CancellationToken) {
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(left = tasks.len(), "tasks still running 10s after shutdown");
     }
 }
 
@@ -181,32 +194,44 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         Command::Stdio => {
             let (path, catalog) = load(&cli, &env)?;
             tracing::info!(config = %path.display(), tools = catalog.tools.len(), "serving MCP on stdio");
-            let shutdown = CancellationToken::new();
-            let _stop_fleet = shutdown.clone().drop_guard();
-            let dispatcher = Dispatcher::start(catalog, shutdown).await?;
-            let service = mcp::Server::new(dispatcher)
-                .serve(rmcp::transport::stdio())
-                .await
-                .context("start MCP on stdio")?;
-            tokio::select! {
-                r = service.waiting() => { r.context("serve MCP on stdio")?; }
-                () = shutdown_signal() => {}
+            let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+            let dispatcher = Dispatcher::start(catalog, &tasks, shutdown.clone()).await?;
+            let served = async {
+                let service = mcp::Server::new(dispatcher, &tasks, shutdown.clone())
+                    .serve(rmcp::transport::stdio())
+                    .await
+                    .context("start MCP on stdio")?;
+                tokio::select! {
+                    r = service.waiting() => { r.context("serve MCP on stdio")?; }
+                    () = shutdown_signal() => {}
+                }
+                anyhow::Ok(())
             }
+            .await;
+            stop(tasks, shutdown).await;
+            served?;
         }
         Command::Serve { listen } => {
             let (path, catalog) = load(&cli, &env)?;
             let listen = listen.unwrap_or(catalog.listen);
             http::check_listen(listen)?;
             tracing::info!(config = %path.display(), "starting");
-            let shutdown = CancellationToken::new();
-            let trigger = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                tracing::info!("shutting down");
-                trigger.cancel();
-            });
-            let dispatcher = Dispatcher::start(catalog, shutdown.clone()).await?;
-            http::serve(dispatcher, listen, shutdown).await?;
+            let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+            let dispatcher = Dispatcher::start(catalog, &tasks, shutdown.clone()).await?;
+            let served = {
+                let serving = http::serve(dispatcher, listen, &tasks, shutdown.clone());
+                tokio::pin!(serving);
+                tokio::select! {
+                    r = &mut serving => r,
+                    () = shutdown_signal() => {
+                        tracing::info!("shutting down");
+                        shutdown.cancel();
+                        serving.await
+                    }
+                }
+            };
+            stop(tasks, shutdown).await;
+            served?;
         }
         Command::DryRun(args) => {
             let (_, catalog) = load(&cli, &env)?;
@@ -230,7 +255,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 "arguments": arguments,
                 "argv": exec.argv,
                 "env": env_shown,
-                "default_path": mcpfier_agent::exec::DEFAULT_PATH,
+                "default_path": mcpfier_exec::DEFAULT_PATH,
                 "workdir": exec.workdir,
                 "timeout": humantime::format_duration(exec.timeout).to_string(),
                 "max_output": mcpfier_common::ByteSize(exec.max_output).to_string(),
@@ -247,11 +272,10 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 Err(errors) => return Ok(invalid(&errors)),
             };
             let tool = tool.clone();
-            let stop_fleet = CancellationToken::new();
-            let _stop_fleet = stop_fleet.clone().drop_guard();
-            let dispatcher = Dispatcher::start(catalog, stop_fleet).await?;
+            let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+            let dispatcher = Dispatcher::start(catalog, &tasks, shutdown.clone()).await?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-            let printer = tokio::spawn(async move {
+            let printer = async move {
                 while let Some(event) = rx.recv().await {
                     let Event::Output(chunk) = event else {
                         continue;
@@ -262,22 +286,27 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                     };
                 }
                 let _ = std::io::stdout().flush();
-            });
+            };
             let cancel = CancellationToken::new();
-            let on_signal = cancel.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                on_signal.cancel();
-            });
-            let ran = match dispatcher.run(&tool, &exec, "cli", Some(tx), cancel).await {
-                Ok(ran) => ran,
-                Err(e) => {
-                    let _ = printer.await;
-                    return Err(e.into());
+            // The printer ends when the run drops its sender.
+            let work = async {
+                tokio::join!(
+                    dispatcher.run(&tool, &exec, "cli", Some(tx), cancel.clone()),
+                    printer
+                )
+                .0
+            };
+            tokio::pin!(work);
+            let result = tokio::select! {
+                r = &mut work => r,
+                () = shutdown_signal() => {
+                    cancel.cancel();
+                    work.await
                 }
             };
+            stop(tasks, shutdown).await;
+            let ran = result?;
             let outcome = ran.outcome;
-            let _ = printer.await;
             if outcome.truncated() {
                 eprintln!(
                     "mcpfier: output was cut at {} per stream (max_output)",

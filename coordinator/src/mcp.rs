@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mcpfier_agent::exec::{Event, Outcome};
+use mcpfier_exec::{ErrorKind, Event, HasKind, Outcome};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
@@ -14,6 +14,8 @@ use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, warn};
 
 use crate::catalog::Tool;
@@ -35,9 +37,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// The server for every session; in fleet mode it also starts the task that sends
-    /// `notifications/tools/list_changed` when the tools some agent can run change.
-    pub fn new(dispatcher: Dispatcher) -> Self {
+    /// The server for every session. In fleet mode it also runs, in `tasks` until
+    /// `shutdown`, the notifier that sends `notifications/tools/list_changed` when the tools
+    /// some agent can run change.
+    pub fn new(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: CancellationToken) -> Self {
         let tools = dispatcher
             .catalog()
             .tools
@@ -50,31 +53,11 @@ impl Server {
             peers: Arc::new(Mutex::new(Vec::new())),
         };
         if let Some(fleet) = server.dispatcher.fleet() {
-            let mut changes = fleet.changes();
-            let this = server.clone();
-            tokio::spawn(async move {
-                let mut last = this.visible_names();
-                while changes.changed().await.is_ok() {
-                    let now = this.visible_names();
-                    if now == last {
-                        continue;
-                    }
-                    info!(
-                        tools = now.len(),
-                        "the tools agents can run changed; telling clients"
-                    );
-                    last = now;
-                    let peers: Vec<_> =
-                        this.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    let mut alive = Vec::new();
-                    for peer in peers {
-                        if peer.notify_tool_list_changed().await.is_ok() {
-                            alive.push(peer);
-                        }
-                    }
-                    *this.peers.lock().unwrap_or_else(|p| p.into_inner()) = alive;
-                }
-            });
+            let notifier = ListChanged {
+                server: server.clone(),
+                changes: fleet.changes(),
+            };
+            tasks.spawn(notifier.run(shutdown));
         }
         server
     }
@@ -95,11 +78,51 @@ impl Server {
         }
     }
 
+    fn peers(&self) -> Vec<Peer<RoleServer>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn visible_names(&self) -> Vec<String> {
         self.visible_tools()
             .into_iter()
             .map(|t| t.name.into_owned())
             .collect()
+    }
+}
+
+/// Tells connected clients when the tools they may call change (fleet mode), and forgets
+/// clients that are gone.
+struct ListChanged {
+    server: Server,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl ListChanged {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut last = self.server.visible_names();
+        loop {
+            tokio::select! {
+                changed = self.changes.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+            let now = self.server.visible_names();
+            if now == last {
+                continue;
+            }
+            info!(
+                tools = now.len(),
+                "the tools agents can run changed; telling clients"
+            );
+            last = now;
+            let peers = self.server.peers();
+            let mut alive = Vec::new();
+            for peer in peers {
+                if peer.notify_tool_list_changed().await.is_ok() {
+                    alive.push(peer);
+                }
+            }
+            *self.server.peers.lock().unwrap_or_else(|p| p.into_inner()) = alive;
+        }
     }
 }
 
@@ -231,11 +254,10 @@ fn error_result(message: String) -> CallToolResult {
 /// An error result that also carries `structuredContent` (fleet failures), so that clients
 /// reading the structure see what happened and whether the command may have run.
 fn structured_error(
-    kind: &str,
+    kind: ErrorKind,
     message: String,
     agent: Option<&str>,
     call_id: Option<&str>,
-    outcome: &str,
     elapsed: Duration,
 ) -> CallToolResult {
     let mut value = structured(
@@ -245,7 +267,8 @@ fn structured_error(
         },
         agent,
     );
-    let mut error = json!({"kind": kind, "message": message, "outcome": outcome});
+    let mut error =
+        json!({"kind": kind.as_str(), "message": message, "outcome": kind.ran().as_str()});
     if let Some(id) = call_id {
         error["call_id"] = json!(id);
     }
@@ -339,25 +362,22 @@ impl Server {
                 )));
             }
         };
-        let progress = context.meta.get_progress_token().map(|token| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let task = tokio::spawn(forward_progress(rx, context.peer.clone(), token));
-            (tx, task)
-        });
-        let (tx, task) = match progress {
-            Some((tx, task)) => (Some(tx), Some(task)),
-            None => (None, None),
-        };
         let started = Instant::now();
         let request_id = context.id.to_string();
-        let result = self
-            .dispatcher
-            .run(tool, &exec, &request_id, tx, context.ct.clone())
-            .await;
-        if let Some(task) = task {
-            // The sender is gone with the run; the task sends what is left and ends.
-            let _ = task.await;
-        }
+        let run = |tx| {
+            self.dispatcher
+                .run(tool, &exec, &request_id, tx, context.ct.clone())
+        };
+        let result = match context.meta.get_progress_token() {
+            // Progress is forwarded in this future, beside the run: it sends what is left
+            // and ends when the run drops its sender.
+            Some(token) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let forward = forward_progress(rx, context.peer.clone(), token);
+                tokio::join!(run(Some(tx)), forward).0
+            }
+            None => run(None).await,
+        };
         match result {
             Ok(Ran { outcome, agent }) => {
                 info!(
@@ -371,46 +391,32 @@ impl Server {
                 );
                 Ok(tool_result(tool, &outcome, agent.as_deref()))
             }
+            Err(dispatch::Error::Fleet(fleet::Error::Cancelled)) => {
+                Ok(error_result(fleet::Error::Cancelled.to_string()))
+            }
             Err(dispatch::Error::Fleet(e)) => {
-                warn!(error = %e, "fleet call failed");
-                let elapsed = started.elapsed();
-                Ok(match &e {
-                    fleet::Error::AgentLost { agent, call_id, .. } => structured_error(
-                        "agent_lost",
-                        e.to_string(),
-                        Some(agent),
-                        Some(call_id),
-                        "unknown",
-                        elapsed,
-                    ),
-                    fleet::Error::Start { agent, .. } => structured_error(
-                        "start_failed",
-                        e.to_string(),
-                        Some(agent),
-                        None,
-                        "not_run",
-                        elapsed,
-                    ),
-                    fleet::Error::NoAgent(_) => {
-                        structured_error("no_agent", e.to_string(), None, None, "not_run", elapsed)
+                warn!(error = %e, kind = %e.kind(), "fleet call failed");
+                let (agent, call_id) = match &e {
+                    fleet::Error::AgentLost { agent, call_id, .. } => {
+                        (Some(agent.as_str()), Some(call_id.as_str()))
                     }
-                    fleet::Error::NotAccepted(_) => structured_error(
-                        "not_accepted",
-                        e.to_string(),
-                        None,
-                        None,
-                        "not_run",
-                        elapsed,
-                    ),
-                    fleet::Error::Cancelled => error_result(e.to_string()),
-                })
+                    fleet::Error::Start { agent, .. } => (Some(agent.as_str()), None),
+                    _ => (None, None),
+                };
+                Ok(structured_error(
+                    e.kind(),
+                    e.to_string(),
+                    agent,
+                    call_id,
+                    started.elapsed(),
+                ))
             }
             Err(dispatch::Error::Exec(e)) => {
-                warn!(error = %e, "call could not start");
-                Ok(error_result(format!("the command could not run: {e}")))
+                warn!(error = %e, kind = %e.kind(), "call could not start");
+                Ok(error_result(e.to_string()))
             }
             Err(e) => {
-                info!(error = %e, "call not started");
+                info!(error = %e, kind = %e.kind(), "call not started");
                 Ok(error_result(e.to_string()))
             }
         }

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use mcpfier_common::membership::{self, Change, Etcd};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::EtcdSection;
@@ -21,10 +22,11 @@ const RETRY: Duration = Duration::from_millis(500);
 pub fn follow(
     fleet: Arc<Fleet>,
     etcd: EtcdSection,
+    tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> oneshot::Receiver<()> {
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(run(fleet, etcd, shutdown, tx));
+    tasks.spawn(run(fleet, etcd, shutdown, tx));
     rx
 }
 

@@ -12,4 +12,4 @@ pub mod v1 {
 
 /// The protocol version this build speaks: `major.minor`. Peers of the same major version
 /// interoperate; a minor version adds fields and features only.
-pub const PROTOCOL_VERSION: &str = "1.0";
+pub const PROTOCOL_VERSION: &str = "1.1";

@@ -676,7 +676,7 @@ pub fn test_image() -> &'static str {
         );
         let rt = tokio::runtime::Runtime::new().expect("a runtime");
         rt.block_on(async {
-            let docker = bollard::Docker::connect_with_local_defaults()
+            let docker = mcpfier_exec::bollard::Docker::connect_with_local_defaults()
                 .expect("a Docker socket (the tests need the Docker Engine)")
                 .negotiate_version()
                 .await
@@ -725,14 +725,17 @@ pub fn test_image() -> &'static str {
                 .expect("tar passwd");
             let bytes = tar.into_inner().expect("finish the tar");
             let (repo, tag) = TEST_IMAGE.rsplit_once(':').expect("repo:tag");
-            let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+            let options = mcpfier_exec::bollard::query_parameters::CreateImageOptionsBuilder::new()
                 .from_src("-")
                 .repo(repo)
                 .tag(tag)
                 .build();
             use futures::StreamExt;
-            let mut import =
-                docker.create_image(Some(options), Some(bollard::body_full(bytes.into())), None);
+            let mut import = docker.create_image(
+                Some(options),
+                Some(mcpfier_exec::bollard::body_full(bytes.into())),
+                None,
+            );
             while let Some(step) = import.next().await {
                 step.expect("import the test image");
             }
@@ -745,14 +748,14 @@ pub fn test_image() -> &'static str {
 pub fn containers_with_label(label: &str) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     rt.block_on(async {
-        let docker = bollard::Docker::connect_with_local_defaults()
+        let docker = mcpfier_exec::bollard::Docker::connect_with_local_defaults()
             .expect("a Docker socket")
             .negotiate_version()
             .await
             .expect("the Docker daemon answers");
         let filters =
             std::collections::HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
-        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        let options = mcpfier_exec::bollard::query_parameters::ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
             .build();

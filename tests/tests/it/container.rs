@@ -187,7 +187,7 @@ fn output_is_capped_and_secrets_stay_out_of_the_command_line() {
     assert_eq!(ids.len(), 1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let inspected = rt.block_on(async {
-        let docker = bollard::Docker::connect_with_local_defaults()
+        let docker = mcpfier_exec::bollard::Docker::connect_with_local_defaults()
             .unwrap()
             .negotiate_version()
             .await
@@ -356,7 +356,7 @@ fn the_reaper_removes_leftover_containers() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     // A container as a crashed coordinator would leave it: our labels, deadline passed.
     rt.block_on(async {
-        let docker = bollard::Docker::connect_with_local_defaults()
+        let docker = mcpfier_exec::bollard::Docker::connect_with_local_defaults()
             .unwrap()
             .negotiate_version()
             .await
@@ -367,7 +367,7 @@ fn the_reaper_removes_leftover_containers() {
             ("mcpfier.call_id".to_owned(), "crashed".to_owned()),
             ("mcpfier.deadline_ms".to_owned(), "1".to_owned()),
         ]);
-        let body = bollard::models::ContainerCreateBody {
+        let body = mcpfier_exec::bollard::models::ContainerCreateBody {
             image: Some(image.to_owned()),
             cmd: Some(vec!["/bin/sleep".into(), "600".into()]),
             labels: Some(labels),

@@ -41,12 +41,8 @@ fn every_rust_file_says_what_it_is_for() {
 #[test]
 fn every_crate_uses_the_workspace_lints() {
     let root = workspace();
-    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
-    let members = manifest
-        .lines()
-        .find(|l| l.starts_with("members"))
-        .expect("a members line");
-    for member in members.split('"').skip(1).step_by(2) {
+    for member in members() {
+        let member = member.as_str();
         let text = std::fs::read_to_string(root.join(member).join("Cargo.toml")).unwrap();
         assert!(
             text.contains("[lints]\nworkspace = true"),
@@ -81,4 +77,131 @@ fn no_test_is_ignored_and_no_code_shells_out_to_docker() {
             f.display()
         );
     }
+}
+
+/// The crates a workspace member depends on directly (`[dependencies]`, normal ones only).
+fn dependencies(member: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(workspace().join(member).join("Cargo.toml")).unwrap();
+    let mut in_deps = false;
+    let mut deps = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+            continue;
+        }
+        if in_deps && !line.is_empty() && !line.starts_with('#') {
+            let name = line.split(['.', '=', ' ']).next().unwrap_or_default();
+            deps.push(name.to_owned());
+        }
+    }
+    deps
+}
+
+fn members() -> Vec<String> {
+    let manifest = std::fs::read_to_string(workspace().join("Cargo.toml")).unwrap();
+    let members = manifest
+        .lines()
+        .find(|l| l.starts_with("members"))
+        .expect("a members line");
+    members
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn each_outside_dependency_is_reached_through_one_crate() {
+    // (dependency, the only member that may depend on it directly)
+    let rules = [
+        ("rmcp", "coordinator"),
+        ("bollard", "exec"),
+        ("etcd-client", "common"),
+        ("prost", "proto"),
+    ];
+    let members = members();
+    assert!(members.contains(&"exec".to_owned()));
+    for member in &members {
+        let deps = dependencies(member);
+        for (dep, owner) in rules {
+            assert!(
+                member == owner || !deps.iter().any(|d| d == dep),
+                "{member}/Cargo.toml depends on {dep}; only {owner} may (reach it through mcpfier-{owner})"
+            );
+        }
+    }
+    assert!(dependencies("exec").iter().any(|d| d == "bollard"));
+}
+
+#[test]
+fn the_agent_and_the_coordinator_never_depend_on_each_other() {
+    assert!(
+        !dependencies("coordinator")
+            .iter()
+            .any(|d| d == "mcpfier-agent"),
+        "coordinator depends on mcpfier-agent: shared code belongs in mcpfier-exec or mcpfier-common"
+    );
+    assert!(
+        !dependencies("agent")
+            .iter()
+            .any(|d| d == "mcpfier-coordinator"),
+        "agent depends on mcpfier-coordinator"
+    );
+    for member in ["exec", "common", "proto"] {
+        let deps = dependencies(member);
+        for inner in ["mcpfier-agent", "mcpfier-coordinator"] {
+            assert!(
+                !deps.iter().any(|d| d == inner),
+                "{member} depends on {inner}"
+            );
+        }
+    }
+}
+
+/// Product code of a file: everything before its `#[cfg(test)]` module.
+fn product_code(text: &str) -> &str {
+    match text.find("#[cfg(test)]") {
+        Some(at) => &text[..at],
+        None => text,
+    }
+}
+
+#[test]
+fn no_task_is_spawned_without_an_owner() {
+    // Long-running tasks run in a TaskTracker (or JoinSet) of the component that owns them,
+    // which stops them and waits for them; a bare spawn has no owner.
+    let bare = [
+        ["tokio::", "spawn("].concat(),
+        ["Handle::current()", ".spawn("].concat(),
+        ["handle", ".spawn("].concat(),
+        ["task::", "spawn("].concat(),
+    ];
+    let mut offenders = Vec::new();
+    for crate_dir in ["coordinator", "agent", "exec", "common", "proto"] {
+        let mut files = Vec::new();
+        rust_files(&workspace().join(crate_dir).join("src"), &mut files);
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (n, line) in product_code(&text).lines().enumerate() {
+                if bare.iter().any(|b| line.contains(b.as_str())) {
+                    offenders.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "bare spawns (spawn through the owner's TaskTracker instead):\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn the_tidy_checks_see_what_they_look_for() {
+    // The checks above would pass on nothing: make sure they read real text.
+    assert!(product_code("a\n#[cfg(test)]\nb").ends_with("a\n"));
+    assert!(dependencies("coordinator").iter().any(|d| d == "rmcp"));
+    assert!(dependencies("common").iter().any(|d| d == "etcd-client"));
 }

@@ -8,6 +8,7 @@
 //! dropped. A reaper removes containers carrying this owner's label that no call tracks.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,9 +21,13 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::exec::{Captured, Chunk, Event, Execution, Outcome, Stream};
+use crate::error::{ErrorKind, HasKind};
+use crate::model::{
+    Captured, Chunk, ContainerSpec, DEFAULT_PATH, Event, Execution, Outcome, Pull, Stream,
+};
 
 /// Label naming the call a container belongs to.
 pub const LABEL_CALL: &str = "mcpfier.call_id";
@@ -34,37 +39,6 @@ pub const LABEL_OWNER: &str = "mcpfier.owner";
 /// plus timeout plus grace. The reaper leaves younger containers alone, so two processes
 /// with the same owner never remove each other's running calls.
 pub const LABEL_DEADLINE: &str = "mcpfier.deadline_ms";
-
-/// When the image is pulled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pull {
-    Never,
-    Missing,
-}
-
-/// A host path mounted into the container.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BindMount {
-    pub source: String,
-    pub target: String,
-    pub rw: bool,
-}
-
-/// How a container call runs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ContainerSpec {
-    pub image: String,
-    /// Bytes; swap is set equal, so there is none beyond it.
-    pub memory: u64,
-    pub cpus: f64,
-    pub pids: i64,
-    /// `none`, `bridge`, or a named network.
-    pub network: String,
-    pub read_only: bool,
-    pub user: String,
-    pub mounts: Vec<BindMount>,
-    pub pull: Pull,
-}
 
 /// Why a container call could not run.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +55,16 @@ pub enum Error {
     Docker { what: &'static str, why: String },
 }
 
+impl HasKind for Error {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NoDaemon(_) => ErrorKind::NoDaemon,
+            Error::ImageMissing(_) => ErrorKind::ImageMissing,
+            Error::Pull { .. } | Error::Docker { .. } => ErrorKind::StartFailed,
+        }
+    }
+}
+
 fn docker_err(what: &'static str) -> impl Fn(bollard::errors::Error) -> Error {
     move |e| Error::Docker {
         what,
@@ -94,49 +78,44 @@ pub struct Engine {
     docker: Docker,
     owner: String,
     tracked: Arc<Mutex<HashSet<String>>>,
+    tasks: TaskTracker,
 }
 
 impl Engine {
-    /// Connects to the local daemon and agrees on an API version. `owner` labels every
-    /// container this engine creates (the agent id, or `embedded-<host>`).
-    pub async fn connect(owner: &str) -> Result<Engine, Error> {
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| Error::NoDaemon(e.to_string()))?
-            .negotiate_version()
-            .await
-            .map_err(|e| Error::NoDaemon(e.to_string()))?;
-        docker
-            .ping()
-            .await
-            .map_err(|e| Error::NoDaemon(e.to_string()))?;
+    /// Connects to the daemon (`socket`, or the local default: `$DOCKER_HOST` or
+    /// /var/run/docker.sock) and agrees on an API version. `owner` labels every container
+    /// this engine creates (the agent id, or `embedded-<host>`); `tasks` runs removals that
+    /// outlive an abandoned call.
+    pub async fn connect(
+        owner: &str,
+        socket: Option<&Path>,
+        tasks: TaskTracker,
+    ) -> Result<Engine, Error> {
+        let no_daemon = |e: bollard::errors::Error| Error::NoDaemon(e.to_string());
+        let docker = match socket {
+            Some(path) => Docker::connect_with_unix(
+                &path.display().to_string(),
+                120,
+                bollard::API_DEFAULT_VERSION,
+            ),
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(no_daemon)?
+        .negotiate_version()
+        .await
+        .map_err(no_daemon)?;
+        docker.ping().await.map_err(no_daemon)?;
         Ok(Engine {
             docker,
             owner: owner.to_owned(),
             tracked: Arc::new(Mutex::new(HashSet::new())),
+            tasks,
         })
     }
 
     /// The Engine API client.
     pub fn docker(&self) -> &Docker {
         &self.docker
-    }
-
-    /// Reaps now and then every minute until `shutdown`.
-    pub fn start_reaper(&self, shutdown: CancellationToken) {
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        if let Err(e) = engine.reap().await {
-                            warn!(error = %e, "reaping containers failed");
-                        }
-                    }
-                    () = shutdown.cancelled() => return,
-                }
-            }
-        });
     }
 
     fn tracked(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -227,10 +206,11 @@ impl Engine {
         }
     }
 
-    /// Runs `exec` in a container per `spec`. Like [`crate::exec::run`]: output within the
-    /// caps goes to `events` live; a non-zero exit is an outcome; the container is gone when
-    /// this returns (or is dropped).
-    pub async fn run(
+    /// Runs `exec` in a container per `spec` (its `container` section: only the
+    /// [`Executor`](crate::executor::Executor) calls this). Like [`crate::process::run`]:
+    /// output within the caps goes to `events` live; a non-zero exit is an outcome; the
+    /// container is gone when this returns (or is dropped).
+    pub(crate) async fn run(
         &self,
         exec: &Execution,
         spec: &ContainerSpec,
@@ -282,10 +262,10 @@ impl Engine {
         };
         let mut env: Vec<String> = vec![format!(
             "PATH={}",
-            exec.env.iter().find(|v| v.name == "PATH").map_or(
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                |v| v.value.as_str()
-            )
+            exec.env
+                .iter()
+                .find(|v| v.name == "PATH")
+                .map_or(DEFAULT_PATH, |v| v.value.as_str())
         )];
         env.extend(
             exec.env
@@ -368,7 +348,8 @@ impl Engine {
             let _ = tx.send(Event::Started { pid: 0 });
         }
         let max = exec.max_output;
-        let reader = tokio::spawn(async move {
+        // Read in this future (no task of its own), so reading ends with the call.
+        let reader = async move {
             let mut output = attached.output;
             let mut out = Captured::default();
             let mut err = Captured::default();
@@ -393,33 +374,42 @@ impl Engine {
                 }
             }
             (out, err)
-        });
+        };
+        tokio::pin!(reader);
+        let mut read: Option<(Captured, Captured)> = None;
         let mut wait = self.docker.wait_container(id, None);
         let mut timed_out = false;
         let mut cancelled = false;
-        let code: Option<i64> = tokio::select! {
-            r = wait.next() => exit_code(r),
-            () = tokio::time::sleep(exec.timeout) => {
-                timed_out = true;
-                let _ = self.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("SIGTERM").build())).await;
-                match tokio::time::timeout(exec.kill_grace, wait.next()).await {
-                    Ok(r) => exit_code(r),
-                    Err(_) => {
-                        let _ = self.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build())).await;
-                        exit_code(wait.next().await)
+        let timeout = tokio::time::sleep(exec.timeout);
+        tokio::pin!(timeout);
+        let code: Option<i64> = loop {
+            tokio::select! {
+                r = wait.next() => break exit_code(r),
+                done = &mut reader, if read.is_none() => read = Some(done),
+                () = &mut timeout => {
+                    timed_out = true;
+                    self.kill(id, "SIGTERM").await;
+                    match tokio::time::timeout(exec.kill_grace, wait.next()).await {
+                        Ok(r) => break exit_code(r),
+                        Err(_) => {
+                            self.kill(id, "SIGKILL").await;
+                            break exit_code(wait.next().await);
+                        }
                     }
                 }
-            }
-            () = cancel.cancelled() => {
-                cancelled = true;
-                let _ = self.docker.kill_container(id, Some(KillContainerOptionsBuilder::new().signal("SIGKILL").build())).await;
-                exit_code(wait.next().await)
+                () = cancel.cancelled() => {
+                    cancelled = true;
+                    self.kill(id, "SIGKILL").await;
+                    break exit_code(wait.next().await);
+                }
             }
         };
         let duration = started.elapsed();
-        let (out, err) = match tokio::time::timeout(Duration::from_secs(2), reader).await {
-            Ok(Ok(r)) => r,
-            _ => (Captured::default(), Captured::default()),
+        let (out, err) = match read {
+            Some(done) => done,
+            None => tokio::time::timeout(Duration::from_secs(2), reader)
+                .await
+                .unwrap_or_default(),
         };
         let (exit_code, signal) = match code {
             // The init process reports a signal death as 128 + signal.
@@ -442,6 +432,13 @@ impl Engine {
     }
 }
 
+impl Engine {
+    async fn kill(&self, id: &str, signal: &str) {
+        let options = KillContainerOptionsBuilder::new().signal(signal).build();
+        let _ = self.docker.kill_container(id, Some(options)).await;
+    }
+}
+
 fn exit_code(
     r: Option<Result<bollard::models::ContainerWaitResponse, bollard::errors::Error>>,
 ) -> Option<i64> {
@@ -453,7 +450,8 @@ fn exit_code(
     }
 }
 
-/// Removes the container when the call ends — or, if the future is dropped, from a task.
+/// Removes the container when the call ends — or, if the future is dropped, from a task of
+/// the engine's tracker.
 struct RemoveOnDrop {
     engine: Engine,
     id: Option<String>,
@@ -472,8 +470,9 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             let engine = self.engine.clone();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
+            // The executor's tracker owns the task (its reaper waits for it at shutdown).
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.engine.tasks.spawn(async move {
                     engine.remove(&id).await;
                     engine.tracked().remove(&id);
                 });

@@ -1,14 +1,21 @@
-//! Conversions between the agent protocol (`mcpfier.agent.v1`) and the execution engine's
-//! types. Both the agent and the coordinator use these, so the two ends agree by
-//! construction.
+//! Every conversion between the agent protocol (`mcpfier.agent.v1`) and the engine's types:
+//! executions, events, outcomes and error kinds. Both the agent and the coordinator use
+//! these, so the two ends agree by construction.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use mcpfier_proto::v1;
 
-use crate::container::{BindMount, ContainerSpec, Pull};
-use crate::exec::{EnvVar, Execution, Outcome};
+use mcpfier_proto::v1::execute_event;
+
+use crate::error::ErrorKind;
+use crate::model::{
+    BindMount, Chunk, ContainerSpec, EnvVar, Event, Execution, Outcome, Pull, Stream,
+};
+
+/// gRPC metadata key naming the [`ErrorKind`] of a refusal.
+pub const ERROR_KIND: &str = "mcpfier-error-kind";
 
 /// The protocol request for `exec`.
 pub fn request(
@@ -133,6 +140,77 @@ pub fn execution(req: &v1::ExecuteRequest) -> Result<Execution, String> {
     })
 }
 
+/// The protocol event for an engine event.
+pub fn event(event: Event) -> execute_event::Event {
+    match event {
+        Event::Started { pid } => execute_event::Event::Started(v1::Started { pid }),
+        Event::Output(chunk) => execute_event::Event::Output(v1::OutputChunk {
+            stream: match chunk.stream {
+                Stream::Stdout => v1::OutputStream::Stdout as i32,
+                Stream::Stderr => v1::OutputStream::Stderr as i32,
+            },
+            data: chunk.data,
+        }),
+    }
+}
+
+/// The engine event a protocol `Started` reports.
+pub fn started(s: &v1::Started) -> Event {
+    Event::Started { pid: s.pid }
+}
+
+/// The engine event a protocol output chunk reports.
+pub fn output(chunk: v1::OutputChunk) -> Event {
+    let stream = if chunk.stream == v1::OutputStream::Stderr as i32 {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    };
+    Event::Output(Chunk {
+        stream,
+        data: chunk.data,
+    })
+}
+
+/// A refusal: a gRPC status with the kind's code and the kind in [`ERROR_KIND`] metadata.
+pub fn refusal(kind: ErrorKind, message: impl Into<String>) -> tonic::Status {
+    let mut status = tonic::Status::new(kind.grpc_code(), message.into());
+    status.metadata_mut().insert(
+        ERROR_KIND,
+        tonic::metadata::MetadataValue::from_static(kind.as_str()),
+    );
+    status
+}
+
+/// The kind of a refusal, when the status carries one this build knows (a transport failure
+/// carries none).
+pub fn refusal_kind(status: &tonic::Status) -> Option<ErrorKind> {
+    status
+        .metadata()
+        .get(ERROR_KIND)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok())
+}
+
+/// The final event of a call that could not run: its kind and what went wrong.
+pub fn finished_error(kind: ErrorKind, message: impl Into<String>) -> v1::Finished {
+    v1::Finished {
+        error: message.into(),
+        error_kind: kind.as_str().to_owned(),
+        ..Default::default()
+    }
+}
+
+/// What a final event reports: the outcome, or why nothing ran. A peer of protocol 1.0 sends
+/// no kind with its error; its errors were all start failures.
+pub fn finished_result(f: v1::Finished) -> Result<Outcome, (ErrorKind, String)> {
+    if f.error.is_empty() {
+        return Ok(outcome(f));
+    }
+    let kind = f.error_kind.parse().unwrap_or(ErrorKind::StartFailed);
+    Err((kind, f.error))
+}
+
 /// The final event for an outcome.
 pub fn finished(outcome: &Outcome) -> v1::Finished {
     v1::Finished {
@@ -146,12 +224,14 @@ pub fn finished(outcome: &Outcome) -> v1::Finished {
         cancelled: outcome.cancelled,
         duration_ms: outcome.duration.as_millis() as u64,
         error: String::new(),
+        error_kind: String::new(),
         oom_killed: outcome.oom_killed,
     }
 }
 
-/// The outcome a final event reports.
-pub fn outcome(f: v1::Finished) -> Outcome {
+/// The outcome a final event reports (see [`finished_result`] for one that may carry an
+/// error).
+fn outcome(f: v1::Finished) -> Outcome {
     Outcome {
         exit_code: f.exit_code,
         signal: f.signal,
@@ -197,6 +277,63 @@ mod tests {
         assert_eq!(back.workdir, exec.workdir);
         assert_eq!(back.timeout, exec.timeout);
         assert_eq!(back.max_output, 10);
+    }
+
+    #[test]
+    fn events_survive_the_round_trip() {
+        let chunk = Event::Output(Chunk {
+            stream: Stream::Stderr,
+            data: b"x".to_vec(),
+        });
+        match event(chunk) {
+            execute_event::Event::Output(c) => match output(c) {
+                Event::Output(back) => {
+                    assert_eq!(back.stream, Stream::Stderr);
+                    assert_eq!(back.data, b"x");
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        match event(Event::Started { pid: 7 }) {
+            execute_event::Event::Started(s) => {
+                assert!(matches!(started(&s), Event::Started { pid: 7 }))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_carries_its_kind_typed() {
+        for kind in ErrorKind::ALL {
+            let status = refusal(*kind, "no");
+            assert_eq!(status.code(), kind.grpc_code());
+            assert_eq!(refusal_kind(&status), Some(*kind));
+        }
+        assert_eq!(
+            refusal_kind(&tonic::Status::unavailable("conn reset")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_start_error_keeps_its_kind() {
+        let f = finished_error(ErrorKind::ImageMissing, "image `x` is not present");
+        assert_eq!(
+            finished_result(f).unwrap_err(),
+            (ErrorKind::ImageMissing, "image `x` is not present".into())
+        );
+        // A 1.0 agent sent only the text.
+        let old = v1::Finished {
+            error: "could not start".into(),
+            ..Default::default()
+        };
+        assert_eq!(finished_result(old).unwrap_err().0, ErrorKind::StartFailed);
+        let ok = finished(&Outcome {
+            exit_code: Some(3),
+            ..Outcome::default()
+        });
+        assert_eq!(finished_result(ok).unwrap().exit_code, Some(3));
     }
 
     #[test]

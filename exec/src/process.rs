@@ -5,7 +5,6 @@
 //! `max_output` bytes; when the leader exits, times out or is cancelled, every process left in
 //! its group is killed; dropping the future kills the group too.
 
-use std::fmt;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -18,94 +17,12 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-/// The `PATH` a child gets unless the tool sets its own.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// How long a process group gets between SIGTERM and SIGKILL after a timeout.
-pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
+use crate::error::{ErrorKind, HasKind};
+use crate::model::{Captured, Chunk, DEFAULT_PATH, Event, Execution, Outcome, Stream};
 
 /// How long output is still read after the process group is gone. A descendant that left the
 /// group (setsid) could otherwise hold the pipes open forever.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
-
-/// One environment variable for the child. Secret values never appear in `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EnvVar {
-    pub name: String,
-    pub value: String,
-    pub secret: bool,
-}
-
-impl fmt::Debug for EnvVar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let value = if self.secret { "***" } else { &self.value };
-        write!(f, "{}={value:?}", self.name)
-    }
-}
-
-/// A fully resolved command: no templates, no secret references, nothing left to decide.
-#[derive(Clone, Debug)]
-pub struct Execution {
-    /// Program and arguments; `argv[0]` is an absolute path or a name looked up on the child's
-    /// `PATH`.
-    pub argv: Vec<String>,
-    pub env: Vec<EnvVar>,
-    pub workdir: Option<PathBuf>,
-    pub timeout: Duration,
-    /// Bytes kept of stdout, and separately of stderr.
-    pub max_output: u64,
-    pub kill_grace: Duration,
-    /// Run in this container instead of as a local process.
-    pub container: Option<crate::container::ContainerSpec>,
-}
-
-/// Which output stream a chunk came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// A piece of output, sent live while the command runs. Only bytes within the cap are sent.
-#[derive(Clone, Debug)]
-pub struct Chunk {
-    pub stream: Stream,
-    pub data: Vec<u8>,
-}
-
-/// What a run reports while it goes.
-#[derive(Clone, Debug)]
-pub enum Event {
-    /// The process group exists; `pid` is its leader (and the group id).
-    Started { pid: u32 },
-    /// Output within the cap.
-    Output(Chunk),
-}
-
-/// What a finished run produced.
-#[derive(Clone, Debug, Default)]
-pub struct Outcome {
-    /// The exit code, or `None` when a signal ended the process.
-    pub exit_code: Option<i32>,
-    /// The signal that ended the process, if any.
-    pub signal: Option<i32>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    pub timed_out: bool,
-    pub cancelled: bool,
-    pub duration: Duration,
-    /// The container's memory limit killed it (container calls only).
-    pub oom_killed: bool,
-}
-
-impl Outcome {
-    /// Whether either stream lost bytes to the cap.
-    pub fn truncated(&self) -> bool {
-        self.stdout_truncated || self.stderr_truncated
-    }
-}
 
 /// Why a command could not be run at all.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +41,15 @@ pub enum Error {
     },
     #[error("wait for the command: {0}")]
     Wait(io::Error),
+}
+
+impl HasKind for Error {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Error::EmptyCommand => ErrorKind::Invalid,
+            Error::Workdir(_) | Error::Spawn { .. } | Error::Wait(_) => ErrorKind::StartFailed,
+        }
+    }
 }
 
 /// Runs `exec` to completion, timeout or cancellation.
@@ -176,40 +102,59 @@ pub async fn run(
     let stop_reading = CancellationToken::new();
     let stdout = child.stdout.take().expect("stdout was piped");
     let stderr = child.stderr.take().expect("stderr was piped");
-    let out_task = tokio::spawn(read_capped(
-        stdout,
-        Stream::Stdout,
-        exec.max_output,
-        events.clone(),
-        stop_reading.clone(),
-    ));
-    let err_task = tokio::spawn(read_capped(
-        stderr,
-        Stream::Stderr,
-        exec.max_output,
-        events,
-        stop_reading.clone(),
-    ));
+    // Both streams are read in this future (no task of their own), so reading ends with the
+    // call, and dropping the call drops the readers.
+    let readers = async {
+        tokio::join!(
+            read_capped(
+                stdout,
+                Stream::Stdout,
+                exec.max_output,
+                events.clone(),
+                stop_reading.clone(),
+            ),
+            read_capped(
+                stderr,
+                Stream::Stderr,
+                exec.max_output,
+                events.clone(),
+                stop_reading.clone(),
+            )
+        )
+    };
+    tokio::pin!(readers);
+    let mut read: Option<(Captured, Captured)> = None;
 
     let mut timed_out = false;
     let mut cancelled = false;
-    let status: ExitStatus = tokio::select! {
-        status = child.wait() => status.map_err(Error::Wait)?,
-        () = tokio::time::sleep(exec.timeout) => {
-            timed_out = true;
-            group.signal(Signal::SIGTERM);
-            match tokio::time::timeout(exec.kill_grace, child.wait()).await {
-                Ok(status) => status.map_err(Error::Wait)?,
-                Err(_) => {
+    let status: ExitStatus = {
+        let wait = async {
+            tokio::select! {
+                status = child.wait() => status.map_err(Error::Wait),
+                () = tokio::time::sleep(exec.timeout) => {
+                    timed_out = true;
+                    group.signal(Signal::SIGTERM);
+                    match tokio::time::timeout(exec.kill_grace, child.wait()).await {
+                        Ok(status) => status.map_err(Error::Wait),
+                        Err(_) => {
+                            group.signal(Signal::SIGKILL);
+                            child.wait().await.map_err(Error::Wait)
+                        }
+                    }
+                }
+                () = cancel.cancelled() => {
+                    cancelled = true;
                     group.signal(Signal::SIGKILL);
-                    child.wait().await.map_err(Error::Wait)?
+                    child.wait().await.map_err(Error::Wait)
                 }
             }
-        }
-        () = cancel.cancelled() => {
-            cancelled = true;
-            group.signal(Signal::SIGKILL);
-            child.wait().await.map_err(Error::Wait)?
+        };
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                status = &mut wait => break status?,
+                done = &mut readers, if read.is_none() => read = Some(done),
+            }
         }
     };
     let duration = started.elapsed();
@@ -217,18 +162,15 @@ pub async fn run(
     group.signal(Signal::SIGKILL);
     group.0 = None;
 
-    let drain = async {
-        let out = out_task.await.unwrap_or_default();
-        let err = err_task.await.unwrap_or_default();
-        (out, err)
-    };
-    tokio::pin!(drain);
-    let (out, err) = tokio::select! {
-        r = &mut drain => r,
-        () = tokio::time::sleep(DRAIN_AFTER_EXIT) => {
-            stop_reading.cancel();
-            drain.await
-        }
+    let (out, err) = match read {
+        Some(done) => done,
+        None => tokio::select! {
+            done = &mut readers => done,
+            () = tokio::time::sleep(DRAIN_AFTER_EXIT) => {
+                stop_reading.cancel();
+                readers.await
+            }
+        },
     };
 
     Ok(Outcome {
@@ -260,27 +202,6 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.signal(Signal::SIGKILL);
-    }
-}
-
-/// One output stream as kept: at most the cap, and whether anything was dropped.
-#[derive(Default)]
-pub(crate) struct Captured {
-    pub(crate) data: Vec<u8>,
-    pub(crate) truncated: bool,
-}
-
-impl Captured {
-    /// Keeps what of `data` still fits under `max` and returns that part; the rest is
-    /// dropped and marks the stream truncated.
-    pub(crate) fn take<'a>(&mut self, data: &'a [u8], max: u64) -> &'a [u8] {
-        let room = max.saturating_sub(self.data.len() as u64) as usize;
-        let keep = data.len().min(room);
-        if keep < data.len() {
-            self.truncated = true;
-        }
-        self.data.extend_from_slice(&data[..keep]);
-        &data[..keep]
     }
 }
 
@@ -318,16 +239,13 @@ async fn read_capped(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::EnvVar;
 
     fn exec(argv: &[&str]) -> Execution {
         Execution {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            env: vec![],
-            workdir: None,
             timeout: Duration::from_secs(10),
-            max_output: 1 << 20,
             kill_grace: Duration::from_millis(500),
-            container: None,
+            ..Execution::new(argv.iter().copied())
         }
     }
 
@@ -503,15 +421,5 @@ mod tests {
             .to_string();
         assert!(err.contains("no-such-program-xyz"), "{err}");
         assert!(!err.contains("secret-token-dir"), "{err}");
-    }
-
-    #[test]
-    fn secret_values_never_show_in_debug() {
-        let v = EnvVar {
-            name: "TOKEN".into(),
-            value: "hunter2".into(),
-            secret: true,
-        };
-        assert_eq!(format!("{v:?}"), "TOKEN=\"***\"");
     }
 }

@@ -1,0 +1,27 @@
+//! mcpfier's execution engine.
+//!
+//! [`model`] says what to run and what came of it; [`process`] runs it as a process group
+//! with a clean environment, closed stdin, capped output, a timeout and cancellation;
+//! [`container`] runs it in a hardened Docker container through the Engine API;
+//! [`executor`] is the one place that chooses between them. [`error`] is the table of every
+//! error kind a call can end with. [`wire`]
+//! converts all of it to and from the agent protocol (`mcpfier-proto`), so the coordinator
+//! and the agent agree by construction. The coordinator links this crate to run tools
+//! in-process; the agent links it to run calls for coordinators.
+
+#![forbid(unsafe_code)]
+
+pub mod container;
+pub mod error;
+pub mod executor;
+pub mod model;
+pub mod process;
+pub mod wire;
+
+pub use error::{ErrorKind, HasKind};
+pub use executor::Executor;
+pub use model::*;
+
+/// The Docker Engine API client, for tests and benchmarks that build and inspect images: the
+/// workspace reaches bollard only through this crate.
+pub use bollard;
