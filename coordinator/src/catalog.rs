@@ -2,7 +2,10 @@
 //! its parameter rules compiled, its secrets resolved and its concurrency limit in place.
 //!
 //! Building a catalog is the config's `validate()`: it reports every problem, each with its
-//! path, and a catalog exists only when there are none.
+//! path and line, and a catalog exists only when there are none. [`load`] and [`parse`] go
+//! from a file or text to a catalog: parse (`config`), build, then line numbers.
+
+mod container;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -17,11 +20,35 @@ use regex::Regex;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
-use crate::config::{
-    AgentEntry, Annotations, CommandElement, Config, ParamType, Problem, ServerSection,
-};
+use crate::config::{AgentEntry, Annotations, Config, ParamType, Problem, ServerSection};
 use crate::params::{self, ArgError, CompiledParam};
-use crate::template::{self, Arg, Element};
+use crate::template::{self, Element};
+
+/// Reads, parses and checks the config file at `path`; `env` is mcpfier's environment, for
+/// `${env:NAME}` references.
+pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Catalog, crate::config::Error> {
+    parse(&crate::config::read(path)?, path, env)
+}
+
+/// Parses and checks config text; `path` names it in errors and is the base for relative
+/// paths in it.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Catalog, crate::config::Error> {
+    let crate::config::Parsed { config, lines } = crate::config::parse(text, path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Catalog::build(config, base, env).map_err(|mut problems| {
+        for p in &mut problems {
+            p.line = lines.line(&p.path);
+        }
+        crate::config::Error {
+            file: path.to_owned(),
+            problems,
+        }
+    })
+}
 
 /// Every tool of a config, checked.
 #[derive(Debug)]
@@ -486,117 +513,7 @@ fn build_tool(
         params.push(compiled);
     }
 
-    // Command template.
-    let mut command = Vec::new();
-    let mut used = HashSet::new();
-    if section.command.is_empty() {
-        problem(
-            format!("{at}.command"),
-            "is empty: give the program and its arguments as a list".into(),
-        );
-    }
-    let kind_of = |name: &str| section.params.get(name).map(|p| p.kind);
-    let check_arg = |text: &str,
-                     path: String,
-                     problem: &mut dyn FnMut(String, String),
-                     used: &mut HashSet<String>|
-     -> Option<Arg> {
-        let arg = match Arg::parse(text) {
-            Ok(a) => a,
-            Err(e) => {
-                problem(path, e);
-                return None;
-            }
-        };
-        for name in arg.params() {
-            used.insert(name.to_owned());
-            match kind_of(name) {
-                None => {
-                    let known: Vec<_> = section.params.keys().map(String::as_str).collect();
-                    problem(
-                        path.clone(),
-                        if known.is_empty() {
-                            format!(
-                                "`{{{{{name}}}}}` names no parameter (this tool declares none under `params`)"
-                            )
-                        } else {
-                            format!(
-                                "`{{{{{name}}}}}` names no parameter; parameters are: {}",
-                                known.join(", ")
-                            )
-                        },
-                    );
-                }
-                Some(ParamType::Array) if arg.sole_param() != Some(name) => problem(
-                    path.clone(),
-                    format!(
-                        "array parameter `{name}` must be a whole element (`{{{{{name}}}}}`), since each item becomes its own element"
-                    ),
-                ),
-                _ => {}
-            }
-        }
-        Some(arg)
-    };
-    for (j, element) in section.command.iter().enumerate() {
-        let path = format!("{at}.command[{j}]");
-        match element {
-            CommandElement::Arg(text) => {
-                if j == 0 && text.contains("{{") {
-                    problem(
-                        path.clone(),
-                        "the program (command[0]) is fixed: it takes no placeholder".into(),
-                    );
-                }
-                if text.contains('\0') {
-                    problem(path.clone(), "contains a NUL character".into());
-                }
-                if let Some(arg) = check_arg(text, path, &mut problem, &mut used) {
-                    command.push(Element::Arg(arg));
-                }
-            }
-            CommandElement::Group(group) => {
-                if j == 0 {
-                    problem(
-                        path.clone(),
-                        "the program (command[0]) must be a plain string".into(),
-                    );
-                }
-                used.insert(group.when.clone());
-                if kind_of(&group.when).is_none() {
-                    problem(
-                        format!("{path}.if"),
-                        format!("`{}` names no parameter", group.when),
-                    );
-                }
-                if group.args.is_empty() {
-                    problem(format!("{path}.args"), "is empty".into());
-                }
-                let args: Vec<_> = group
-                    .args
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(k, a)| {
-                        check_arg(a, format!("{path}.args[{k}]"), &mut problem, &mut used)
-                    })
-                    .collect();
-                command.push(Element::Group {
-                    when: group.when.clone(),
-                    args,
-                });
-            }
-        }
-    }
-    for name in section.params.keys() {
-        if !used.contains(name) {
-            problem(
-                format!("{at}.params.{name}"),
-                format!(
-                    "is not used in `command`: add `{{{{{name}}}}}` to an element, or remove the parameter"
-                ),
-            );
-        }
-    }
+    let command = template::compile(&section.command, &section.params, at, &mut problem);
 
     // Environment and secrets.
     let mut env_vars = Vec::new();
@@ -647,60 +564,10 @@ fn build_tool(
             );
         }
     }
-    let container = section.container.as_ref().map(|c| {
-        let p = format!("{at}.container");
-        if c.image.trim().is_empty() {
-            problem(
-                format!("{p}.image"),
-                "is empty: name a local image, e.g. localhost/tools:1.2".into(),
-            );
-        }
-        if c.memory.bytes() < (6 << 20) {
-            problem(
-                format!("{p}.memory"),
-                "must be at least 6MiB (Docker's minimum)".into(),
-            );
-        }
-        if !(c.cpus > 0.0 && c.cpus <= 1024.0) {
-            problem(
-                format!("{p}.cpus"),
-                format!("{} is not a CPU count (e.g. 0.5 or 2)", c.cpus),
-            );
-        }
-        if c.pids < 1 {
-            problem(format!("{p}.pids"), "must be at least 1".into());
-        }
-        for (i, m) in c.mounts.iter().enumerate() {
-            if !m.source.is_absolute() || !m.target.starts_with('/') {
-                problem(
-                    format!("{p}.mounts[{i}]"),
-                    "source and target must be absolute paths".into(),
-                );
-            }
-        }
-        mcpfier_exec::ContainerSpec {
-            image: c.image.clone(),
-            memory: c.memory.bytes(),
-            cpus: c.cpus,
-            pids: c.pids,
-            network: c.network.clone(),
-            read_only: c.read_only,
-            user: c.user.clone(),
-            mounts: c
-                .mounts
-                .iter()
-                .map(|m| mcpfier_exec::BindMount {
-                    source: m.source.display().to_string(),
-                    target: m.target.clone(),
-                    rw: m.rw,
-                })
-                .collect(),
-            pull: match c.pull {
-                crate::config::PullPolicy::Never => mcpfier_exec::Pull::Never,
-                crate::config::PullPolicy::Missing => mcpfier_exec::Pull::Missing,
-            },
-        }
-    });
+    let container = section
+        .container
+        .as_ref()
+        .map(|c| container::build(c, &format!("{at}.container"), &mut problem));
     if section.concurrency == Some(0) {
         problem(format!("{at}.concurrency"), "must be at least 1".into());
     }
@@ -728,3 +595,6 @@ fn build_tool(
         container,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! The `mcpfier.yaml` file: its types (the JSON Schema of the file is generated from them),
-//! where it is looked for, and loading it into a checked [`Catalog`] with every problem
-//! reported by path and line.
+//! where it is looked for, and parsing it into values that remember their lines. Checking the
+//! values and building tools from them is `catalog`'s job; this module knows nothing of it.
 
 mod locate;
 
@@ -13,8 +13,6 @@ use mcpfier_common::{ByteSize, HumanDuration};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
-
-use crate::catalog::Catalog;
 
 /// The whole `mcpfier.yaml`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -465,35 +463,33 @@ pub fn find(explicit: Option<&Path>, env: &HashMap<String, String>) -> Result<Pa
         .ok_or(NotFound(candidates))
 }
 
-/// Reads, parses and checks the config file at `path`; `env` is mcpfier's environment, for
-/// `${env:NAME}` references.
-pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Catalog, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error {
-        file: path.to_owned(),
-        problems: vec![Problem::new("", format!("cannot read the file: {e}"))],
-    })?;
-    parse(&text, path, env)
+/// A parsed config file: its values, and where each path sits in the text.
+pub struct Parsed {
+    pub config: Config,
+    pub lines: Lines,
 }
 
-/// Parses and checks config text; `path` only names it in errors and resolves nothing.
-pub fn parse(text: &str, path: &Path, env: &HashMap<String, String>) -> Result<Catalog, Error> {
-    let fail = |problems| Error {
+pub use locate::Lines;
+
+/// Reads the config file at `path`.
+pub fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| Error {
         file: path.to_owned(),
-        problems,
-    };
-    let lines = locate::Lines::of(text);
-    let config: Config =
-        match serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(text)) {
-            Ok(c) => c,
-            Err(e) => return Err(fail(vec![yaml_problem(e, &lines)])),
-        };
-    let base = path.parent().unwrap_or(Path::new("."));
-    Catalog::build(config, base, env).map_err(|mut problems| {
-        for p in &mut problems {
-            p.line = lines.line(&p.path);
-        }
-        fail(problems)
+        problems: vec![Problem::new("", format!("cannot read the file: {e}"))],
     })
+}
+
+/// Parses config text; `path` only names it in errors. Types and unknown keys are checked
+/// here; everything else is `catalog`'s.
+pub fn parse(text: &str, path: &Path) -> Result<Parsed, Error> {
+    let lines = locate::Lines::of(text);
+    match serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(text)) {
+        Ok(config) => Ok(Parsed { config, lines }),
+        Err(e) => Err(Error {
+            file: path.to_owned(),
+            problems: vec![yaml_problem(e, &lines)],
+        }),
+    }
 }
 
 fn yaml_problem(
@@ -526,6 +522,3 @@ fn yaml_problem(
         message,
     }
 }
-
-#[cfg(test)]
-mod tests;

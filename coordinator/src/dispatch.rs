@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, Tool};
 use crate::fleet::{self, Fleet};
+use crate::membership::Follower;
 
 /// Why a call did not produce an [`Outcome`].
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +90,18 @@ impl Dispatcher {
     ) -> anyhow::Result<Self> {
         let executor = Executor::new(embedded_owner());
         let fleet = match &catalog.fleet {
-            Some(settings) => Some(Fleet::start(settings, tasks, shutdown).await?),
+            Some(settings) => {
+                let (fleet, health) = Fleet::build(settings, tasks).await?;
+                if let Some(etcd) = &settings.etcd {
+                    let (follower, first) = Follower::new(etcd.clone(), fleet.clone());
+                    tasks.spawn(follower.run(shutdown.clone()));
+                    // Route with a first list when etcd answers quickly; otherwise start
+                    // anyway and catch up when it does.
+                    let _ = tokio::time::timeout(Duration::from_secs(3), first).await;
+                }
+                tasks.spawn(health.run(shutdown));
+                Some(fleet)
+            }
             None => {
                 if catalog.tools.values().any(|t| t.container.is_some()) {
                     // Leftovers of an earlier crash go now, and then every minute.
@@ -192,7 +204,7 @@ mod tests {
     use super::*;
 
     fn dispatcher(yaml: &str) -> Dispatcher {
-        let catalog = crate::config::parse(yaml, Path::new("t.yaml"), &HashMap::new()).unwrap();
+        let catalog = crate::catalog::parse(yaml, Path::new("t.yaml"), &HashMap::new()).unwrap();
         Dispatcher::local(Arc::new(catalog))
     }
 

@@ -65,8 +65,8 @@ async fn stop(tasks: TaskTracker, shutdown: CancellationToken) {
 
 fn load(cli: &Cli, env: &HashMap<String, String>) -> anyhow::Result<(PathBuf, Arc<Catalog>)> {
     let path = config::find(cli.config.as_deref(), env)?;
-    let catalog =
-        config::load(&path, env).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    let catalog = mcpfier_coordinator::catalog::load(&path, env)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
     Ok((path, Arc::new(catalog)))
 }
 
@@ -172,7 +172,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         }
         Command::Validate => {
             let path = config::find(cli.config.as_deref(), &env)?;
-            match config::load(&path, &env) {
+            match mcpfier_coordinator::catalog::load(&path, &env) {
                 Ok(catalog) => println!("{}: ok, {} tools", path.display(), catalog.tools.len()),
                 Err(e) => {
                     eprint!("{e}");
@@ -328,7 +328,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         }
         Command::Setup { client } => {
             let path = config::find(cli.config.as_deref(), &env)?;
-            config::load(&path, &env)
+            mcpfier_coordinator::catalog::load(&path, &env)
                 .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
             setup(*client, &path)?;
         }

@@ -10,9 +10,13 @@
 //!   boolean, is true; if any of its args is left out, the whole group is;
 //! - booleans inside an element read `true` or `false`; numbers read as JSON writes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+
+use indexmap::IndexMap;
 
 use serde_json::Value;
+
+use crate::config::{CommandElement, Param, ParamType};
 
 /// One part of an argv element.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +143,128 @@ pub fn render(command: &[Element], values: &BTreeMap<String, Value>) -> Vec<Stri
         }
     }
     argv
+}
+
+/// Checks a tool's `command` (at `{at}.command`) against its `params` and compiles it: every
+/// placeholder names a parameter, an array parameter is a whole element, `command[0]` is a
+/// fixed program, and every parameter is used. Every problem goes to `problem`.
+pub fn compile(
+    command: &[CommandElement],
+    params: &IndexMap<String, Param>,
+    at: &str,
+    problem: &mut dyn FnMut(String, String),
+) -> Vec<Element> {
+    let mut elements = Vec::new();
+    let mut used = HashSet::new();
+    if command.is_empty() {
+        problem(
+            format!("{at}.command"),
+            "is empty: give the program and its arguments as a list".into(),
+        );
+    }
+    let kind_of = |name: &str| params.get(name).map(|p| p.kind);
+    let check_arg = |text: &str,
+                     path: String,
+                     problem: &mut dyn FnMut(String, String),
+                     used: &mut HashSet<String>|
+     -> Option<Arg> {
+        let arg = match Arg::parse(text) {
+            Ok(a) => a,
+            Err(e) => {
+                problem(path, e);
+                return None;
+            }
+        };
+        for name in arg.params() {
+            used.insert(name.to_owned());
+            match kind_of(name) {
+                None => {
+                    let known: Vec<_> = params.keys().map(String::as_str).collect();
+                    problem(
+                        path.clone(),
+                        if known.is_empty() {
+                            format!(
+                                "`{{{{{name}}}}}` names no parameter (this tool declares none under `params`)"
+                            )
+                        } else {
+                            format!(
+                                "`{{{{{name}}}}}` names no parameter; parameters are: {}",
+                                known.join(", ")
+                            )
+                        },
+                    );
+                }
+                Some(ParamType::Array) if arg.sole_param() != Some(name) => problem(
+                    path.clone(),
+                    format!(
+                        "array parameter `{name}` must be a whole element (`{{{{{name}}}}}`), since each item becomes its own element"
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        Some(arg)
+    };
+    for (j, element) in command.iter().enumerate() {
+        let path = format!("{at}.command[{j}]");
+        match element {
+            CommandElement::Arg(text) => {
+                if j == 0 && text.contains("{{") {
+                    problem(
+                        path.clone(),
+                        "the program (command[0]) is fixed: it takes no placeholder".into(),
+                    );
+                }
+                if text.contains('\0') {
+                    problem(path.clone(), "contains a NUL character".into());
+                }
+                if let Some(arg) = check_arg(text, path, &mut *problem, &mut used) {
+                    elements.push(Element::Arg(arg));
+                }
+            }
+            CommandElement::Group(group) => {
+                if j == 0 {
+                    problem(
+                        path.clone(),
+                        "the program (command[0]) must be a plain string".into(),
+                    );
+                }
+                used.insert(group.when.clone());
+                if kind_of(&group.when).is_none() {
+                    problem(
+                        format!("{path}.if"),
+                        format!("`{}` names no parameter", group.when),
+                    );
+                }
+                if group.args.is_empty() {
+                    problem(format!("{path}.args"), "is empty".into());
+                }
+                let args: Vec<_> = group
+                    .args
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, a)| {
+                        check_arg(a, format!("{path}.args[{k}]"), &mut *problem, &mut used)
+                    })
+                    .collect();
+                elements.push(Element::Group {
+                    when: group.when.clone(),
+                    args,
+                });
+            }
+        }
+    }
+    for name in params.keys() {
+        if !used.contains(name) {
+            problem(
+                format!("{at}.params.{name}"),
+                format!(
+                    "is not used in `command`: add `{{{{{name}}}}}` to an element, or remove the parameter"
+                ),
+            );
+        }
+    }
+    elements
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::*;
+use crate::config::{Problem, json_schema};
 
 fn env() -> HashMap<String, String> {
     HashMap::from([("LOG_TOKEN".to_owned(), "s3cret-token".to_owned())])

@@ -1,0 +1,276 @@
+//! One agent as the coordinator sees it: its channel, what it last said about itself
+//! (health, labels, capacity, policy, features), the calls in flight on it, and its checks.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+
+use mcpfier_common::glob::Globs;
+use mcpfier_exec::{ErrorKind, wire};
+use mcpfier_proto::v1::{self, agent_client::AgentClient};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use super::RPC_TIMEOUT;
+use super::channel::status_text;
+use crate::catalog::Tool;
+
+/// An agent's announced `allow_tools`: `None` (assume all) when it announced none.
+pub(super) fn peer_globs(patterns: &[String]) -> Option<Arc<Globs>> {
+    (!patterns.is_empty()).then(|| Arc::new(Globs::lenient(patterns)))
+}
+
+/// What an agent last told us.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Status {
+    pub(super) healthy: bool,
+    pub(super) labels: BTreeMap<String, String>,
+    pub(super) capacity: u32,
+    pub(super) running: u32,
+    pub(super) draining: bool,
+    pub(super) last_error: Option<String>,
+    pub(super) info_known: bool,
+    /// `policy.allow_tools` globs (`None`: not known yet, assume all).
+    pub(super) allow_tools: Option<Arc<Globs>>,
+    /// Unix ms of the last record from etcd (etcd agents).
+    pub(super) updated_at: Option<u64>,
+    /// Announced features (`docker`, ...).
+    pub(super) features: Vec<String>,
+}
+
+impl Status {
+    /// Whether an agent in this state may run `tool`: healthy, not draining, its labels
+    /// include the tool's placement, its policy allows the tool, and it has Docker when the
+    /// tool runs in a container.
+    pub(super) fn fits(&self, tool: &Tool) -> bool {
+        self.healthy
+            && !self.draining
+            && tool
+                .placement
+                .iter()
+                .all(|(k, v)| self.labels.get(k) == Some(v))
+            && self
+                .allow_tools
+                .as_ref()
+                .is_none_or(|g| g.is_match(&tool.name))
+            && (tool.container.is_none() || self.features.iter().any(|f| f == "docker"))
+    }
+
+    /// Its load: the busier count (calls this coordinator has in flight on it, or the
+    /// running calls it reported) over its capacity.
+    pub(super) fn load(&self, inflight: u32) -> f64 {
+        inflight.max(self.running) as f64 / self.capacity.max(1) as f64
+    }
+}
+
+/// Where the coordinator learned of an agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Static,
+    Etcd,
+}
+
+/// One agent: its connection and state.
+pub struct Agent {
+    pub id: String,
+    pub address: String,
+    pub source: Source,
+    pub(super) client: AgentClient<Channel>,
+    pub(super) status: RwLock<Status>,
+    /// Calls this coordinator has in flight on it.
+    pub(super) inflight: AtomicU32,
+    /// Bumped whenever routing may have changed.
+    pub(super) changes: Arc<watch::Sender<u64>>,
+}
+
+/// One agent as `/fleet` and logs show it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub address: String,
+    pub source: &'static str,
+    pub healthy: bool,
+    pub draining: bool,
+    pub labels: BTreeMap<String, String>,
+    pub running: u32,
+    pub capacity: u32,
+    pub inflight: u32,
+    pub last_error: Option<String>,
+    pub updated_at_ms: Option<u64>,
+}
+
+impl Agent {
+    pub(super) fn status(&self) -> Status {
+        self.status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes the status; tells routing watchers when it matters to them.
+    pub(super) fn update(&self, f: impl FnOnce(&mut Status)) {
+        let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+        let before = (
+            status.healthy,
+            status.draining,
+            status.labels.clone(),
+            status.allow_tools.clone(),
+        );
+        f(&mut status);
+        let after = (
+            status.healthy,
+            status.draining,
+            status.labels.clone(),
+            status.allow_tools.clone(),
+        );
+        drop(status);
+        if before != after {
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    pub(super) fn view(&self) -> AgentView {
+        let s = self.status();
+        AgentView {
+            id: self.id.clone(),
+            address: self.address.clone(),
+            source: match self.source {
+                Source::Static => "static",
+                Source::Etcd => "etcd",
+            },
+            healthy: s.healthy,
+            draining: s.draining,
+            labels: s.labels,
+            running: s.running,
+            capacity: s.capacity,
+            inflight: self.inflight.load(Ordering::SeqCst),
+            last_error: s.last_error,
+            updated_at_ms: s.updated_at,
+        }
+    }
+
+    /// Whether this agent may run `tool` now.
+    pub(super) fn can_run(&self, tool: &Tool) -> bool {
+        self.status().fits(tool)
+    }
+
+    /// Takes the agent out of routing until a health check succeeds again.
+    /// Takes in an agent's refusal before it accepted a call: a refusal of kind `kind`, or
+    /// (`None`) a failure to talk to it at all.
+    pub(super) fn refused(&self, kind: Option<ErrorKind>, why: &str) {
+        match kind {
+            // It says so itself, and its next record or health check says when it is back.
+            Some(ErrorKind::Draining | ErrorKind::Fenced) => self.update(|s| s.draining = true),
+            Some(kind) if !kind.marks_agent_failed() => {}
+            _ => self.mark_failed(why),
+        }
+    }
+
+    pub(super) fn mark_failed(&self, why: &str) {
+        let was = self.status().healthy;
+        self.update(|s| {
+            s.healthy = false;
+            s.last_error = Some(why.to_owned());
+        });
+        if was {
+            warn!(agent = %self.id, error = %why, "agent out of routing");
+        }
+    }
+
+    pub(super) fn describe(&self) -> String {
+        let s = self.status();
+        let labels: Vec<_> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let state = if s.healthy {
+            "healthy".to_owned()
+        } else {
+            format!(
+                "unhealthy: {}",
+                s.last_error.as_deref().unwrap_or("not checked yet")
+            )
+        };
+        let docker = if s.info_known && !s.features.iter().any(|f| f == "docker") {
+            " no-docker"
+        } else {
+            ""
+        };
+        let policy = match &s.allow_tools {
+            Some(g) if !g.matches_everything() => format!(" allows {g}"),
+            _ => String::new(),
+        };
+        format!(
+            "{} [{}]{policy}{docker} ({state})",
+            self.id,
+            labels.join(", ")
+        )
+    }
+
+    pub(super) async fn probe(&self) {
+        let mut client = self.client.clone();
+        let result = async {
+            if !self.status().info_known {
+                let info = tokio::time::timeout(RPC_TIMEOUT, client.info(v1::InfoRequest {}))
+                    .await
+                    .map_err(|_| "Info timed out".to_owned())?
+                    .map_err(|s| status_text(&s))?
+                    .into_inner();
+                if info.id != self.id {
+                    return Err(format!("it says its id is `{}`", info.id));
+                }
+                if !wire::compatible(&info.protocol_version) {
+                    return Err(format!(
+                        "it speaks protocol {}, this coordinator {}",
+                        info.protocol_version,
+                        mcpfier_proto::PROTOCOL_VERSION
+                    ));
+                }
+                self.update(|s| {
+                    s.labels = info.labels.into_iter().collect();
+                    s.capacity = info.capacity.max(1);
+                    s.allow_tools = peer_globs(&info.allow_tools);
+                    s.features = info.features;
+                    s.info_known = true;
+                });
+            }
+            let health = tokio::time::timeout(RPC_TIMEOUT, client.health(v1::HealthRequest {}))
+                .await
+                .map_err(|_| "Health timed out".to_owned())?
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            Ok(health)
+        }
+        .await;
+        match result {
+            Ok(h) => {
+                let was = self.status().healthy;
+                self.update(|s| {
+                    s.healthy = true;
+                    s.running = h.running;
+                    s.capacity = h.capacity.max(1);
+                    s.draining = h.draining;
+                    s.last_error = None;
+                });
+                if !was {
+                    info!(agent = %self.id, address = %self.address, "agent healthy");
+                }
+            }
+            Err(e) => self.mark_failed(&e),
+        }
+    }
+}
+
+/// Counts a call in flight on an agent while alive.
+pub(super) struct Inflight(Arc<Agent>);
+
+impl Inflight {
+    pub(super) fn new(agent: Arc<Agent>) -> Self {
+        agent.inflight.fetch_add(1, Ordering::SeqCst);
+        Self(agent)
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,55 @@
+//! One gRPC channel per agent: a lazily connected HTTP/2 connection over TLS whose verifier
+//! checks that agent's identity, and the text of a failed status with its causes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tonic::transport::{Channel, Endpoint};
+
+/// A status with the chain of causes behind it (TLS refusals hide in there).
+pub(super) fn status_text(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A lazily connecting gRPC channel to `address` over TLS with `config`: one HTTP/2
+/// connection, re-established when it breaks.
+pub fn channel(
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+    address: &str,
+    connect_timeout: Duration,
+) -> anyhow::Result<Channel> {
+    let connector = TlsConnector::from(config);
+    let address_for_dial = address.to_owned();
+    let dial = tower::service_fn(move |_: http::Uri| {
+        let connector = connector.clone();
+        let address = address_for_dial.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&address).await?;
+            tcp.set_nodelay(true)?;
+            // The name is not checked: the verifier checks the agent's identity instead.
+            let name = ServerName::try_from("agent.mcpfier.invalid").expect("a valid DNS name");
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_with_connector_lazy(dial))
+}

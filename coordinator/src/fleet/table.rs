@@ -1,0 +1,184 @@
+//! The agent table: the agents routing may use, joined from the config and from etcd
+//! membership updates, and its views for `/fleet`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, RwLock};
+
+use mcpfier_common::membership::AgentRecord;
+use mcpfier_common::tls::{self, Identity, Role};
+use mcpfier_proto::v1::agent_client::AgentClient;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::Fleet;
+use super::agent::{Agent, AgentView, Source, Status, peer_globs};
+use super::channel::channel;
+use crate::catalog::Tool;
+use crate::membership::{Sink, Update};
+
+/// What the coordinator knows of etcd.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct EtcdView {
+    pub configured: bool,
+    pub connected: bool,
+    pub last_error: Option<String>,
+}
+
+impl Fleet {
+    pub(super) fn new_agent(
+        &self,
+        id: &str,
+        address: &str,
+        source: Source,
+    ) -> anyhow::Result<Arc<Agent>> {
+        let config = tls::client_config(&self.material, Identity::new(Role::Agent, id))?;
+        Ok(Arc::new(Agent {
+            id: id.to_owned(),
+            address: address.to_owned(),
+            source,
+            client: AgentClient::new(channel(config, address, self.connect_timeout)?),
+            status: RwLock::new(Status::default()),
+            inflight: AtomicU32::new(0),
+            changes: self.changes.clone(),
+        }))
+    }
+
+    pub(super) fn write_agents(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Agent>>> {
+        self.agents.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn snapshot(&self) -> Vec<Arc<Agent>> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Bumped whenever routing may have changed (agents joining, leaving, health, drain).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether some agent may run `tool` now.
+    pub fn can_run(&self, tool: &Tool) -> bool {
+        self.snapshot().iter().any(|a| a.can_run(tool))
+    }
+
+    /// The routing table and etcd state, for `/fleet`.
+    pub fn view(&self) -> (Vec<AgentView>, EtcdView) {
+        let agents = self.snapshot().iter().map(|a| a.view()).collect();
+        let etcd = self.etcd.read().unwrap_or_else(|p| p.into_inner()).clone();
+        (agents, etcd)
+    }
+
+    /// Records whether etcd answers.
+    fn set_etcd(&self, connected: bool, error: Option<String>) {
+        let mut e = self.etcd.write().unwrap_or_else(|p| p.into_inner());
+        e.connected = connected;
+        if error.is_some() || connected {
+            e.last_error = error;
+        }
+    }
+
+    /// Applies an agent record from etcd: joins a new agent, or updates a known one.
+    fn upsert_from_etcd(&self, id: &str, record: &AgentRecord) {
+        if !tls::valid_name(id) {
+            warn!(agent = %id, "ignoring an etcd record with an invalid agent id");
+            return;
+        }
+        let existing = self
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|a| a.id == id && a.source == Source::Etcd)
+            .cloned();
+        let agent = match existing {
+            Some(a) if a.address == record.address => a,
+            other => {
+                let agent = match self.new_agent(id, &record.address, Source::Etcd) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(agent = %id, error = %e, "cannot use this agent");
+                        return;
+                    }
+                };
+                let mut agents = self.write_agents();
+                if let Some(old) = other {
+                    agents.retain(|a| !Arc::ptr_eq(a, &old));
+                }
+                agents.push(agent.clone());
+                drop(agents);
+                info!(agent = %id, address = %record.address, "agent joined");
+                // Trust the registration for routing; the first call's TLS handshake checks
+                // the agent's identity, and a failure takes it out again.
+                agent.update(|s| s.healthy = true);
+                agent
+            }
+        };
+        agent.update(|s| {
+            s.labels = record.labels.clone();
+            s.capacity = record.capacity.max(1);
+            s.running = record.running;
+            s.draining = record.draining;
+            s.allow_tools = peer_globs(&record.allow_tools);
+            s.features = record.capabilities.clone();
+            s.updated_at = Some(record.updated_at);
+            s.info_known = true;
+        });
+    }
+
+    /// One agent's view, for `/fleet/agents/{id}`.
+    pub fn agent_view(&self, id: &str) -> Option<AgentView> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|a| a.id == id)
+            .map(|a| a.view())
+    }
+
+    /// Removes an etcd agent whose key is gone (lease expired or revoked).
+    fn remove_from_etcd(&self, id: &str) {
+        let mut agents = self.write_agents();
+        let before = agents.len();
+        agents.retain(|a| !(a.id == id && a.source == Source::Etcd));
+        let removed = agents.len() != before;
+        drop(agents);
+        if removed {
+            info!(agent = %id, "agent left");
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Replaces the etcd agents with a fresh listing.
+    fn replace_etcd(&self, records: &BTreeMap<String, AgentRecord>) {
+        let gone: Vec<String> = self
+            .snapshot()
+            .iter()
+            .filter(|a| a.source == Source::Etcd && !records.contains_key(&a.id))
+            .map(|a| a.id.clone())
+            .collect();
+        for id in gone {
+            self.remove_from_etcd(&id);
+        }
+        for (id, record) in records {
+            self.upsert_from_etcd(id, record);
+        }
+    }
+}
+
+impl Sink for Fleet {
+    fn apply(&self, update: Update<'_>) {
+        match update {
+            Update::Listed(records) => {
+                self.replace_etcd(records);
+                self.set_etcd(true, None);
+            }
+            Update::Put(id, record) => self.upsert_from_etcd(id, record),
+            Update::Deleted(id) => self.remove_from_etcd(id),
+            Update::Unreachable(why) => self.set_etcd(false, Some(why)),
+        }
+    }
+}
