@@ -127,22 +127,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await;
     };
 
-    let mut membership = None;
+    let mut registration = None;
     if let Some(etcd) = &config.etcd {
         let address = match &config.advertise {
             Some(a) => a.clone(),
             None => local.to_string(),
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let m = Membership {
+        let options = membership::Options {
             id: config.id.clone(),
             etcd: etcd.clone(),
             record: membership::initial_record(address, &config, docker),
             on_lease_loss: config.on_lease_loss,
-            calls: calls.clone(),
-            admission: admission.clone(),
         };
-        membership = Some(tasks.spawn(m.run(shutdown.clone(), tx)));
+        let (m, rx) = Membership::build(options, calls.clone(), admission.clone());
+        registration = Some(tasks.spawn(m.run(shutdown.clone())));
         // Wait for the first registration, but keep serving meanwhile; a duplicate id is fatal.
         let early_exit = tokio::select! {
             first = rx => match first {
@@ -199,7 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // Leave etcd (the lease is revoked), then stop serving.
     shutdown.cancel();
-    if let Some(handle) = membership {
+    if let Some(handle) = registration {
         let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
     }
     server_shutdown.cancel();

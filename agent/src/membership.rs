@@ -19,14 +19,52 @@ const MIN_UPDATE_GAP: Duration = Duration::from_millis(300);
 /// Pause between attempts while etcd is unreachable.
 const RETRY: Duration = Duration::from_millis(250);
 
-/// Everything the registration loop needs.
-pub struct Membership {
+/// What the registration loop is set up with.
+pub struct Options {
+    /// The agent's id (its etcd key's last part).
     pub id: String,
+    /// Where etcd is, the key prefix and the lease TTL.
     pub etcd: EtcdSection,
+    /// The record to publish; running count, drain state and time are filled in on each write.
     pub record: AgentRecord,
+    /// What happens to running calls when the lease is lost.
     pub on_lease_loss: OnLeaseLoss,
-    pub calls: Arc<Calls>,
-    pub admission: Arc<Admission>,
+}
+
+/// The registration loop: a component run by the agent's `main` until shutdown.
+pub struct Membership {
+    id: String,
+    etcd: EtcdSection,
+    record: AgentRecord,
+    on_lease_loss: OnLeaseLoss,
+    calls: Arc<Calls>,
+    admission: Arc<Admission>,
+    first: Option<oneshot::Sender<Result<(), Error>>>,
+}
+
+/// Resolves with the outcome of the first registration (a duplicate id is fatal).
+pub type FirstRegistration = oneshot::Receiver<Result<(), Error>>;
+
+impl Membership {
+    /// The loop for `options`, reading the running count from `calls` and setting the fence
+    /// in `admission`; and the receiver of its first registration's outcome.
+    pub fn build(
+        options: Options,
+        calls: Arc<Calls>,
+        admission: Arc<Admission>,
+    ) -> (Membership, FirstRegistration) {
+        let (tx, rx) = oneshot::channel();
+        let membership = Membership {
+            id: options.id,
+            etcd: options.etcd,
+            record: options.record,
+            on_lease_loss: options.on_lease_loss,
+            calls,
+            admission,
+            first: Some(tx),
+        };
+        (membership, rx)
+    }
 }
 
 /// The record an agent starts with.
@@ -74,11 +112,11 @@ impl Membership {
         }
     }
 
-    /// Runs until `shutdown`, then revokes the lease. `first` gets the outcome of the first
-    /// registration: a duplicate id is fatal and ends the loop.
-    pub async fn run(self, shutdown: CancellationToken, first: oneshot::Sender<Result<(), Error>>) {
+    /// Runs until `shutdown`, then revokes the lease. The first registration's outcome goes
+    /// to the [`FirstRegistration`] receiver: a duplicate id is fatal and ends the loop.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let ttl = self.etcd.lease_ttl.get();
-        let mut first = Some(first);
+        let mut first = self.first.take();
         let started = Instant::now();
         let mut last_renewed = Instant::now();
         let mut lease: Option<i64> = None;
@@ -229,5 +267,61 @@ impl Membership {
                 last_update = Instant::now();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mcpfier_common::HumanDuration;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_etcd_fences_the_agent_and_the_loop_stops_on_shutdown() {
+        // A port nothing listens on: every connect fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = Options {
+            id: "a".into(),
+            etcd: EtcdSection {
+                endpoints: vec![format!("http://127.0.0.1:{port}")],
+                prefix: "/mcpfier".into(),
+                lease_ttl: HumanDuration(Duration::from_secs(1)),
+            },
+            record: AgentRecord {
+                address: "127.0.0.1:1".into(),
+                labels: Default::default(),
+                capacity: 1,
+                running: 0,
+                version: "0".into(),
+                protocol_version: mcpfier_proto::PROTOCOL_VERSION.into(),
+                started_at: 0,
+                updated_at: 0,
+                draining: false,
+                capabilities: vec![],
+                allow_tools: vec![],
+            },
+            on_lease_loss: OnLeaseLoss::default(),
+        };
+        let admission = Arc::new(Admission::default());
+        let (membership, _first) =
+            Membership::build(options, Arc::new(Calls::default()), admission.clone());
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        tasks.spawn(membership.run(shutdown.clone()));
+        // Never registered: past the TTL it takes no calls.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !admission.fenced() {
+            assert!(Instant::now() < deadline, "not fenced past the TTL");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .expect("the membership loop ends after shutdown");
     }
 }
