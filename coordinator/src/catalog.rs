@@ -53,10 +53,13 @@ pub fn parse(
 /// Every tool of a config, checked.
 #[derive(Debug)]
 pub struct Catalog {
+    /// The `server` section as written.
     pub server: ServerSection,
+    /// `server.listen`, parsed.
     pub listen: SocketAddr,
     /// The fleet to run calls on; `None` runs them in this process.
     pub fleet: Option<FleetSettings>,
+    /// The tools by name, in the file's order.
     pub tools: IndexMap<String, Arc<Tool>>,
     /// Bounds calls running at once across all tools (`server.max_concurrency`).
     pub global_slots: Arc<Semaphore>,
@@ -67,29 +70,46 @@ pub struct Catalog {
 pub struct FleetSettings {
     /// TLS files with paths resolved against the config file's directory.
     pub tls: TlsFiles,
+    /// Agents listed by hand.
     pub agents: Vec<AgentEntry>,
+    /// Where agents register themselves, when set.
     pub etcd: Option<crate::config::EtcdSection>,
+    /// How often static agents (and etcd agents out of routing) are checked.
     pub health_interval: Duration,
+    /// How long dialing an agent may take.
     pub connect_timeout: Duration,
 }
 
 /// One tool, ready to turn arguments into an [`Execution`].
 #[derive(Debug)]
 pub struct Tool {
+    /// Its MCP name, unique in the catalog.
     pub name: String,
+    /// A human-readable title for clients.
     pub title: Option<String>,
+    /// What it does, for the model choosing tools.
     pub description: Option<String>,
+    /// MCP hints (read-only, destructive, idempotent, open-world).
     pub annotations: Annotations,
+    /// The argv template, checked against the parameters.
     pub command: Vec<Element>,
+    /// The parameters with their rules compiled (regexes built).
     pub params: Vec<CompiledParam>,
+    /// The child's environment besides `PATH`, secrets resolved.
     pub env: Vec<EnvVar>,
+    /// The child's working directory (absolute), when set.
     pub workdir: Option<PathBuf>,
+    /// How long a call may run before its process group is killed.
     pub timeout: Duration,
+    /// Bytes kept of stdout, and separately of stderr.
     pub max_output: u64,
+    /// Exit codes that count as success.
     pub ok_exit_codes: Vec<i32>,
+    /// Most calls of this tool running at once, when limited.
     pub concurrency: Option<usize>,
     /// Bounds this tool's calls running at once (`concurrency`), when set.
     pub slots: Option<Arc<Semaphore>>,
+    /// The `inputSchema` clients see (`additionalProperties: false`).
     pub input_schema: Arc<Map<String, Value>>,
     /// Labels an agent needs to run this tool (fleet mode).
     pub placement: BTreeMap<String, String>,
