@@ -430,17 +430,25 @@ async fn forward_progress(
     token: ProgressToken,
 ) {
     let mut pending = Vec::<u8>::new();
+    // Whether `pending` holds a whole line. Only then is the flush timer armed: a partial line
+    // waits for its end, and a timer armed for it would fire at once on every turn (its
+    // deadline is past and nothing is sent), spinning a core until the line ends.
+    let mut whole_line = false;
     let mut lines = 0u64;
     let mut last_sent = tokio::time::Instant::now() - PROGRESS_INTERVAL;
     loop {
         let flush_at = last_sent + PROGRESS_INTERVAL;
         let closed = tokio::select! {
             chunk = rx.recv() => match chunk {
-                Some(Event::Output(c)) => { pending.extend_from_slice(&c.data); false }
+                Some(Event::Output(c)) => {
+                    whole_line |= c.data.contains(&b'\n');
+                    pending.extend_from_slice(&c.data);
+                    false
+                }
                 Some(Event::Started { .. }) => false,
                 None => true,
             },
-            () = tokio::time::sleep_until(flush_at), if !pending.is_empty() => false,
+            () = tokio::time::sleep_until(flush_at), if whole_line => false,
         };
         let now = tokio::time::Instant::now();
         if !pending.is_empty() && (closed || now >= flush_at) {
@@ -455,6 +463,8 @@ async fn forward_progress(
             };
             if cut > 0 {
                 let batch: Vec<u8> = pending.drain(..cut).collect();
+                // What is left is after the last newline, or nothing.
+                whole_line = false;
                 lines += batch.iter().filter(|b| **b == b'\n').count().max(1) as u64;
                 let mut message = String::from_utf8_lossy(&batch).into_owned();
                 if message.len() > PROGRESS_MAX_MESSAGE {
@@ -477,3 +487,6 @@ async fn forward_progress(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

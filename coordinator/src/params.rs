@@ -194,17 +194,8 @@ pub fn check_value(p: &CompiledParam, v: &Value) -> Result<Value, String> {
             _ => Err(format!("must be true or false, got {}", type_of(v))),
         },
         ParamType::Integer => {
-            let n = match v {
-                Value::Number(n) if n.is_i64() => n.as_i64().expect("is_i64"),
-                Value::Number(n)
-                    if n.as_f64()
-                        .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9e15) =>
-                {
-                    n.as_f64().expect("checked") as i64
-                }
-                _ => return Err(format!("must be an integer, got {}", type_of(v))),
-            };
-            check_range(n as f64, spec)?;
+            let n = integer(v)?;
+            check_integer_range(n, spec)?;
             if let Some(choices) = &spec.choices
                 && !choices.iter().any(|c| c.as_i64() == Some(n))
             {
@@ -252,6 +243,57 @@ pub fn check_value(p: &CompiledParam, v: &Value) -> Result<Value, String> {
     }
 }
 
+/// 2^53: below it in magnitude every whole `f64` is exactly one integer.
+const F64_EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+/// 2^63: the first `f64` past `i64::MAX`, and the magnitude of `i64::MIN`.
+const F64_I64_LIMIT: f64 = 9_223_372_036_854_775_808.0;
+
+/// An integer argument as an `i64`.
+///
+/// JSON has one number type. serde_json keeps a literal without a fraction or exponent as an
+/// integer when it fits 64 bits (`i64`, or `u64` above `i64::MAX`) and everything else as an
+/// `f64`, so `1.0` and `1e3` arrive as floats: like JSON Schema's `integer`, they are accepted
+/// when whole, as long as they are small enough (below 2^53) for the float to be exactly the
+/// number the client meant. Integers outside `i64` are refused, whichever way they arrive.
+/// (serde_json without `float_roundtrip` may read a long float literal one unit in the last
+/// place off: `9007199254740991.0` reads as ...990. A client that needs big integers exact
+/// sends them without a fraction or exponent; they are then never floats.)
+fn integer(v: &Value) -> Result<i64, String> {
+    let Value::Number(n) = v else {
+        return Err(format!("must be an integer, got {}", type_of(v)));
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    let out_of_range = || {
+        format!(
+            "must be an integer from {} to {} (64 bits), got {n}, which is outside that range",
+            i64::MIN,
+            i64::MAX
+        )
+    };
+    if n.is_u64() {
+        return Err(out_of_range());
+    }
+    let f = n
+        .as_f64()
+        .expect("a number that is neither i64 nor u64 is an f64");
+    if f.fract() != 0.0 {
+        return Err(format!("must be an integer, got {n}, which has a fraction"));
+    }
+    if f.abs() < F64_EXACT_INTEGERS {
+        return Ok(f as i64);
+    }
+    // -2^63 - 1 and below also round to this float, so it counts as outside too.
+    if f.abs() >= F64_I64_LIMIT {
+        return Err(out_of_range());
+    }
+    Err(format!(
+        "must be an integer, got {n}: above 2^53, write it without a fraction or exponent so \
+         that it is exact"
+    ))
+}
+
 fn list(choices: &[Value]) -> String {
     choices
         .iter()
@@ -290,6 +332,24 @@ fn check_string(s: &str, rules: &StringRules, pattern: Option<&Regex>) -> Result
     Ok(())
 }
 
+/// [`check_range`] for an integer, compared exactly: as an `f64` it would be rounded above
+/// 2^53, and `maximum: 9007199254740992` would let 9007199254740993 through.
+fn check_integer_range(n: i64, spec: &Param) -> Result<(), String> {
+    // Float-to-int `as` saturates, so infinite bounds stay unbounded; i128 holds both sides.
+    // A NaN bound (`.nan` in YAML) bounds nothing, as in `check_range`.
+    if let Some(min) = spec.minimum.filter(|m| !m.is_nan())
+        && i128::from(n) < min.ceil() as i128
+    {
+        return Err(format!("must be at least {min} (got {n})"));
+    }
+    if let Some(max) = spec.maximum.filter(|m| !m.is_nan())
+        && i128::from(n) > max.floor() as i128
+    {
+        return Err(format!("must be at most {max} (got {n})"));
+    }
+    Ok(())
+}
+
 fn check_range(n: f64, spec: &Param) -> Result<(), String> {
     if let Some(min) = spec.minimum
         && n < min
@@ -303,3 +363,6 @@ fn check_range(n: f64, spec: &Param) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
