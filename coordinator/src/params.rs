@@ -364,5 +364,157 @@ fn check_range(n: f64, spec: &Param) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks one parameter's rules (at path `p`) and compiles them (regexes built): a valid
+/// name, each rule on a type that takes it, minimums not above maximums, enum values of the
+/// parameter's type, a default that meets the rules. Every problem goes to `problem`.
+pub fn compile(
+    name: &str,
+    spec: &Param,
+    p: &str,
+    problem: &mut dyn FnMut(String, String),
+) -> CompiledParam {
+    if !crate::template::is_param_name(name) {
+        problem(
+            p.to_owned(),
+            "a parameter name starts with a letter or `_` and has only letters, digits and `_` (at most 64)".into(),
+        );
+    }
+    let compile =
+        |pattern: &Option<String>, path: String, problem: &mut dyn FnMut(String, String)| {
+            pattern.as_ref().and_then(|re| match Regex::new(re) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let e = e.to_string();
+                    let why = e.lines().last().unwrap_or(&e).trim().to_owned();
+                    problem(path, format!("invalid regex `{re}`: {why}"));
+                    None
+                }
+            })
+        };
+    let pattern = compile(&spec.pattern, format!("{p}.pattern"), &mut *problem);
+    let item_pattern = compile(
+        &spec.items.as_ref().and_then(|i| i.pattern.clone()),
+        format!("{p}.items.pattern"),
+        &mut *problem,
+    );
+    let is = |kinds: &[ParamType]| kinds.contains(&spec.kind);
+    let mut misplaced = |field: &str, present: bool, kinds: &[ParamType], what: &str| {
+        if present && !is(kinds) {
+            problem(
+                format!("{p}.{field}"),
+                format!("only {what} parameters take `{field}`"),
+            );
+        }
+    };
+    misplaced(
+        "pattern",
+        spec.pattern.is_some(),
+        &[ParamType::String],
+        "string",
+    );
+    misplaced(
+        "min_length",
+        spec.min_length.is_some(),
+        &[ParamType::String],
+        "string",
+    );
+    misplaced(
+        "max_length",
+        spec.max_length.is_some(),
+        &[ParamType::String],
+        "string",
+    );
+    misplaced(
+        "enum",
+        spec.choices.is_some(),
+        &[ParamType::String, ParamType::Integer],
+        "string and integer",
+    );
+    misplaced(
+        "minimum",
+        spec.minimum.is_some(),
+        &[ParamType::Integer, ParamType::Number],
+        "integer and number",
+    );
+    misplaced(
+        "maximum",
+        spec.maximum.is_some(),
+        &[ParamType::Integer, ParamType::Number],
+        "integer and number",
+    );
+    misplaced("items", spec.items.is_some(), &[ParamType::Array], "array");
+    misplaced(
+        "min_items",
+        spec.min_items.is_some(),
+        &[ParamType::Array],
+        "array",
+    );
+    misplaced(
+        "max_items",
+        spec.max_items.is_some(),
+        &[ParamType::Array],
+        "array",
+    );
+    let mut ordered = |field: &str, min: Option<f64>, max: Option<f64>| {
+        if let (Some(lo), Some(hi)) = (min, max)
+            && lo > hi
+        {
+            problem(
+                format!("{p}.{field}"),
+                format!("the minimum ({lo}) is above the maximum ({hi})"),
+            );
+        }
+    };
+    ordered("maximum", spec.minimum, spec.maximum);
+    ordered(
+        "max_length",
+        spec.min_length.map(|n| n as f64),
+        spec.max_length.map(|n| n as f64),
+    );
+    ordered(
+        "max_items",
+        spec.min_items.map(|n| n as f64),
+        spec.max_items.map(|n| n as f64),
+    );
+    if let Some(choices) = &spec.choices {
+        if choices.is_empty() {
+            problem(format!("{p}.enum"), "lists no values".into());
+        }
+        for (j, c) in choices.iter().enumerate() {
+            let ok = match spec.kind {
+                ParamType::Integer => c.is_i64(),
+                _ => c.is_string(),
+            };
+            if !ok {
+                problem(
+                    format!("{p}.enum[{j}]"),
+                    format!("{c} is not a value of this parameter's type"),
+                );
+            }
+        }
+    }
+    if spec.required == Some(true) && spec.default.is_some() {
+        problem(
+            format!("{p}.required"),
+            "a parameter with a default is never missing: drop `required` or the default".into(),
+        );
+    }
+    let compiled = CompiledParam {
+        name: name.to_owned(),
+        spec: spec.clone(),
+        pattern,
+        item_pattern,
+    };
+    if let Some(d) = &spec.default
+        && let Err(why) = check_value(&compiled, d)
+    {
+        problem(
+            format!("{p}.default"),
+            format!("the default {d} is not valid: it {why}"),
+        );
+    }
+    compiled
+}
+
 #[cfg(test)]
 mod tests;
