@@ -63,6 +63,7 @@ impl Call {
         self.version.send_modify(|v| *v += 1);
     }
 
+    /// Whether the call's final (`Finished`) event has been recorded.
     pub fn is_finished(&self) -> bool {
         self.lock().finished_at.is_some()
     }
@@ -136,7 +137,10 @@ pub enum Start {
     /// A call with that id exists already.
     Existing(Arc<Call>),
     /// No room: `running` calls are already running.
-    Full { running: usize },
+    Full {
+        /// Calls running when it was refused (at least the capacity).
+        running: usize,
+    },
 }
 
 impl Calls {
@@ -170,6 +174,8 @@ impl Calls {
         }
     }
 
+    /// The call `id`, running or finished and not yet evicted (see [`RETAIN_FINISHED`]);
+    /// `None` when this agent never saw it or has forgotten it.
     pub fn get(&self, id: &str) -> Option<Arc<Call>> {
         self.lock().get(id).cloned()
     }

@@ -65,8 +65,10 @@ pub struct EtcdSection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnLeaseLoss {
+    /// Take no new calls, but let running ones run to their end (the default).
     #[default]
     Finish,
+    /// Take no new calls, and cancel the running ones (their processes are killed).
     Kill,
 }
 
@@ -85,7 +87,9 @@ fn default_capacity() -> u32 {
 /// A checked config.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The file's values, as written.
     pub config: AgentConfig,
+    /// `config.listen`, parsed.
     pub listen: SocketAddr,
     /// TLS files with paths resolved.
     pub tls: TlsFiles,

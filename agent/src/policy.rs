@@ -81,24 +81,55 @@ fn default_max_output() -> ByteSize {
 /// Why the policy refused a call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// The tool's name matches none of `allow_tools`.
     #[error("tool `{tool}` is not in this agent's allow_tools ({allowed})")]
-    Tool { tool: String, allowed: String },
+    Tool {
+        /// The tool the call is for.
+        tool: String,
+        /// The `allow_tools` globs, as written.
+        allowed: String,
+    },
+    /// A local-process call, and `allow_local` is false.
     #[error("this agent does not run local processes (allow_local: false)")]
     Local,
+    /// The call's timeout is longer than `max_timeout`.
     #[error("the call asks for a {asked} timeout; this agent allows at most {max} (max_timeout)")]
-    Timeout { asked: String, max: String },
+    Timeout {
+        /// The call's timeout, e.g. `20m`.
+        asked: String,
+        /// `max_timeout`, e.g. `10m`.
+        max: String,
+    },
+    /// The call's output cap is larger than `max_output`.
     #[error(
         "the call asks to keep {asked} of output; this agent allows at most {max} (max_output)"
     )]
-    Output { asked: String, max: String },
+    Output {
+        /// The call's cap per stream, e.g. `32MiB`.
+        asked: String,
+        /// `max_output`, e.g. `16MiB`.
+        max: String,
+    },
+    /// A container call, and `allow_containers` is false.
     #[error("this agent does not run containers (allow_containers: false)")]
     Containers,
+    /// The container's image matches none of `allow_images`.
     #[error("image `{image}` is not in this agent's allow_images ({allowed})")]
-    Image { image: String, allowed: String },
+    Image {
+        /// The image the call asks for.
+        image: String,
+        /// The `allow_images` globs, as written.
+        allowed: String,
+    },
+    /// The container asks for more memory, CPUs or processes than `max_memory`, `max_cpus` or
+    /// `max_pids` allow.
     #[error("the container asks for {what} {asked}; this agent allows at most {max}")]
     Limit {
+        /// The limit exceeded: `memory`, `cpus` or `pids`.
         what: &'static str,
+        /// What the call asks for, e.g. `8GiB`.
         asked: String,
+        /// The agent's maximum and the setting that sets it, e.g. `4GiB (max_memory)`.
         max: String,
     },
 }
@@ -139,7 +170,8 @@ impl Policy {
         Ok(())
     }
 
-    /// Checks a local-process call.
+    /// Checks a call against every limit: the tool, then the container's limits or
+    /// `allow_local`, then the timeout and the output cap.
     pub fn check(
         &self,
         tool: &str,

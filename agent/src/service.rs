@@ -32,20 +32,25 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// Starts draining (there is no way back) and wakes waiters on `changed`.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 
+    /// Fences (`true`, the lease is lost) or unfences (`false`, renewed again) the agent, and
+    /// wakes waiters on `changed`.
     pub fn set_fenced(&self, fenced: bool) {
         self.fenced.store(fenced, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 
+    /// Whether the agent is draining: it refuses new calls until it exits.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Whether the agent is fenced: it refuses new calls until its lease is renewed.
     pub fn fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst)
     }

@@ -22,19 +22,24 @@ pub const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct AgentRecord {
     /// What coordinators dial (`host:port`).
     pub address: String,
+    /// The agent's labels, which tools' `placement.labels` select on.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Calls the agent runs at once; it refuses more.
     pub capacity: u32,
     /// Calls running when the record was written.
     #[serde(default)]
     pub running: u32,
+    /// The agent's mcpfier version (its crate version).
     pub version: String,
+    /// The gRPC protocol version it speaks (`mcpfier_proto::PROTOCOL_VERSION`), e.g. `1.1`.
     pub protocol_version: String,
     /// Unix time in milliseconds.
     pub started_at: u64,
     /// Unix time in milliseconds of this write (the agent rewrites the record at least once
     /// per lease TTL, so this is its "last seen").
     pub updated_at: u64,
+    /// The agent is shutting down: it finishes running calls but takes no new ones.
     #[serde(default)]
     pub draining: bool,
     /// Optional behaviour, e.g. `local-exec`, `docker`.
@@ -71,22 +76,41 @@ pub fn valid_prefix(prefix: &str) -> bool {
 /// Why talking to etcd failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Connecting to etcd, or a request to it, failed or timed out.
     #[error("etcd at {endpoints}: {source}")]
     Etcd {
+        /// The endpoints tried, comma-separated.
         endpoints: String,
+        /// The client's error.
         source: etcd_client::Error,
     },
     #[error(
         "agent id `{id}` is already registered by a live agent (key {key}, lease {lease:x}); stop that agent or give this one another id"
     )]
-    Duplicate { id: String, key: String, lease: i64 },
+    /// Registering found the agent's key held by another live lease: two agents share an id.
+    Duplicate {
+        /// The agent id asked for.
+        id: String,
+        /// The etcd key already taken.
+        key: String,
+        /// The lease that holds it.
+        lease: i64,
+    },
+    /// A value under the agents prefix is not an [`AgentRecord`]. Not returned today: `list`
+    /// and `changes` log such values and skip them.
     #[error("the record at {key} is not an agent record: {why}")]
-    BadRecord { key: String, why: String },
+    BadRecord {
+        /// The etcd key of the value.
+        key: String,
+        /// Why it did not parse.
+        why: String,
+    },
 }
 
 /// A connection to etcd, with the endpoints kept for messages.
 #[derive(Clone)]
 pub struct Etcd {
+    /// The etcd client, for calls this module does not wrap; cheap to clone.
     pub client: Client,
     endpoints: String,
 }
@@ -272,7 +296,9 @@ impl Etcd {
 /// A change to the membership.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
+    /// The agent with this id registered or rewrote its record.
     Put(String, AgentRecord),
+    /// The agent with this id is gone: its lease expired or was revoked, or its key deleted.
     Delete(String),
 }
 

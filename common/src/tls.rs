@@ -30,11 +30,14 @@ pub const SPIFFE_PREFIX: &str = "spiffe://mcpfier/";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A coordinator: the gRPC client that dispatches calls.
     Coordinator,
+    /// An agent: the gRPC server that runs calls.
     Agent,
 }
 
 impl Role {
+    /// The role as it appears in identity URIs and config: `coordinator` or `agent`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Coordinator => "coordinator",
@@ -52,11 +55,14 @@ impl fmt::Display for Role {
 /// A peer's identity: its role and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
+    /// Whether the peer is a coordinator or an agent.
     pub role: Role,
+    /// The agent id or coordinator name; see [`valid_name`].
     pub name: String,
 }
 
 impl Identity {
+    /// The identity `role` / `name`; `name` is not checked here.
     pub fn new(role: Role, name: impl Into<String>) -> Self {
         Self {
             role,
@@ -147,22 +153,31 @@ impl TlsFiles {
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A PEM file could not be read or held nothing usable, or the leaf's identity is bad.
     #[error("read {what} from {path}: {why}")]
     Read {
+        /// Which material, e.g. `the CA certificate`, `the private key`.
         what: &'static str,
+        /// The file it was read from.
         path: PathBuf,
+        /// What went wrong.
         why: String,
     },
+    /// A certificate does not parse, or does not carry exactly one mcpfier identity URI SAN.
     #[error("{0}")]
     Identity(String),
+    /// rustls rejected the material, e.g. the key does not fit the certificate.
     #[error("build the TLS configuration: {0}")]
     Config(String),
 }
 
 /// Loaded PEM material.
 pub struct Material {
+    /// The CA certificates peers must chain to.
     pub roots: Arc<RootCertStore>,
+    /// This side's certificate chain, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
+    /// This side's private key.
     pub key: PrivateKeyDer<'static>,
     /// The identity in this side's own certificate.
     pub identity: Identity,

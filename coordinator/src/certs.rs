@@ -18,8 +18,9 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-/// The CA's certificate and key file names inside a certs directory.
+/// The CA's certificate file name inside a certs directory.
 pub const CA_CERT: &str = "ca.pem";
+/// The CA's private key file name inside a certs directory (written mode 0600).
 pub const CA_KEY: &str = "ca.key";
 
 fn write_new(path: &Path, contents: &str, mode: u32, force: bool) -> anyhow::Result<()> {
@@ -74,11 +75,17 @@ pub fn init(dir: &Path, days: u32, force: bool) -> anyhow::Result<(PathBuf, Path
 
 /// What `issue` makes.
 pub struct Request<'a> {
+    /// The certs directory: holds the CA made by [`init`] and gets the new files.
     pub dir: &'a Path,
+    /// Whether the certificate is for a coordinator or an agent.
     pub role: Role,
+    /// The agent id or coordinator name; also the files' base name.
     pub name: &'a str,
+    /// Extra subject alternative names: each an IP address or a DNS host name.
     pub sans: &'a [String],
+    /// Validity in days from now.
     pub days: u32,
+    /// Overwrite existing `<name>.pem` and `<name>.key` instead of failing.
     pub force: bool,
 }
 

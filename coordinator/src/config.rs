@@ -214,8 +214,11 @@ pub struct ContainerSection {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MountSection {
+    /// Absolute path on the host (on the agent, in fleet mode).
     pub source: PathBuf,
+    /// Absolute path inside the container.
     pub target: String,
+    /// Mount writable (default false: read-only).
     #[serde(default)]
     pub rw: bool,
 }
@@ -224,7 +227,9 @@ pub struct MountSection {
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PullPolicy {
+    /// Never pull; a call fails when the image is not on the host.
     Never,
+    /// Pull the image when it is not on the host (the default).
     #[default]
     Missing,
 }
@@ -302,9 +307,13 @@ impl<'de> Deserialize<'de> for CommandElement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
+    /// A JSON string.
     String,
+    /// A whole number.
     Integer,
+    /// Any JSON number.
     Number,
+    /// `true` or `false`; switches a group `{if: param, ...}` on when true.
     Boolean,
     /// An array of strings.
     Array,
@@ -314,6 +323,7 @@ pub enum ParamType {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Param {
+    /// The value's type: `string`, `integer`, `number`, `boolean` or `array`.
     #[serde(rename = "type")]
     pub kind: ParamType,
     /// What it means, for the model.
@@ -362,8 +372,11 @@ impl Param {
 pub struct StringRules {
     /// A regular expression each item must match (unanchored).
     pub pattern: Option<String>,
+    /// Fewest characters in each item.
     pub min_length: Option<u64>,
+    /// Most characters in each item.
     pub max_length: Option<u64>,
+    /// The values each item may take.
     #[serde(rename = "enum")]
     pub choices: Option<Vec<Value>>,
 }
@@ -372,9 +385,16 @@ pub struct StringRules {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Annotations {
+    /// The tool changes nothing (MCP `readOnlyHint`). Unset: not sent.
     pub read_only: Option<bool>,
+    /// The tool may delete or overwrite things (MCP `destructiveHint`). Unset: not sent.
     pub destructive: Option<bool>,
+    /// Calling it again with the same arguments has no further effect (MCP
+    /// `idempotentHint`). When true, a call whose agent is lost after accepting it is retried
+    /// once on another agent.
     pub idempotent: Option<bool>,
+    /// The tool reaches things outside this host, e.g. the network (MCP `openWorldHint`).
+    /// Unset: not sent.
     pub open_world: Option<bool>,
 }
 
@@ -388,11 +408,14 @@ pub fn json_schema() -> Value {
 pub struct Problem {
     /// Where in the file, e.g. `tools[2].params.pattern.pattern`; empty for the whole file.
     pub path: String,
+    /// What is wrong and, where it helps, what to write instead.
     pub message: String,
+    /// The 1-based line in the file; `None` when not known.
     pub line: Option<usize>,
 }
 
 impl Problem {
+    /// A problem at `path` with no line yet.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
@@ -405,7 +428,9 @@ impl Problem {
 /// A config file that could not be loaded, with every problem found.
 #[derive(Debug, thiserror::Error)]
 pub struct Error {
+    /// The config file, as named to the loader.
     pub file: PathBuf,
+    /// Every problem found; at least one.
     pub problems: Vec<Problem>,
 }
 
@@ -465,7 +490,9 @@ pub fn find(explicit: Option<&Path>, env: &HashMap<String, String>) -> Result<Pa
 
 /// A parsed config file: its values, and where each path sits in the text.
 pub struct Parsed {
+    /// The file's values.
     pub config: Config,
+    /// Maps config paths to lines, for problems found after parsing.
     pub lines: Lines,
 }
 

@@ -17,22 +17,35 @@ use crate::membership::Follower;
 /// Why a call did not produce an [`Outcome`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The tool's `concurrency` slots stayed full for the tool's whole timeout.
     #[error(
         "tool `{tool}` is busy: {limit} of its calls are already running and none finished within {waited}; try again later"
     )]
     ToolBusy {
+        /// The tool's name.
         tool: String,
+        /// Its `concurrency` limit.
         limit: usize,
+        /// How long the call waited (the tool's timeout, in whole seconds), e.g. `1m`.
         waited: String,
     },
+    /// The server's `max_concurrency` slots stayed full for the tool's whole timeout.
     #[error(
         "mcpfier is busy: {limit} calls are already running (server.max_concurrency) and none finished within {waited}; try again later"
     )]
-    ServerBusy { limit: usize, waited: String },
+    ServerBusy {
+        /// `server.max_concurrency`.
+        limit: usize,
+        /// How long the call waited (the tool's timeout, in whole seconds), e.g. `1m`.
+        waited: String,
+    },
+    /// The call was cancelled while it waited for a slot.
     #[error("call cancelled before it started")]
     Cancelled,
+    /// In-process mode: the embedded engine could not start the command.
     #[error("the command could not run: {0}")]
     Exec(#[from] executor::Error),
+    /// Fleet mode: no agent could take the call, or the call failed on or with its agent.
     #[error(transparent)]
     Fleet(#[from] fleet::Error),
 }
@@ -51,7 +64,9 @@ impl HasKind for Error {
 /// A finished call: what happened, and where it ran (`None`: in this process).
 #[derive(Debug)]
 pub struct Ran {
+    /// What the command did.
     pub outcome: Outcome,
+    /// The id of the agent that ran it; `None` when it ran in this process.
     pub agent: Option<String>,
 }
 
@@ -117,6 +132,7 @@ impl Dispatcher {
         })
     }
 
+    /// The tools this dispatcher runs, and the server's limits.
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
     }

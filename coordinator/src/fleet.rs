@@ -42,24 +42,40 @@ pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why a call could not be run on the fleet.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Before any attempt: no agent is healthy, not draining, has the placement labels, allows
+    /// the tool and (for a container tool) has Docker. Holds what was wanted and each agent's
+    /// state.
     #[error("no healthy agent can run this tool: {0}")]
     NoAgent(String),
+    /// Every fitting agent was tried and each refused or failed before accepting; holds each
+    /// agent's reason, `; `-separated.
     #[error("no agent took the call: {0}")]
     NotAccepted(String),
     #[error(
         "agent `{agent}` was lost after it accepted call {call_id} ({why}); the outcome is unknown: the command may or may not have run"
     )]
+    /// An agent accepted the call, then its stream failed, ended or went silent past the
+    /// call's timeout plus grace, and no idempotent retry was possible.
     AgentLost {
+        /// The agent's id.
         agent: String,
+        /// The call id it accepted (so its logs can be searched).
         call_id: String,
+        /// How it was lost, e.g. `the stream ended without a result`.
         why: String,
     },
+    /// The agent accepted the call but could not start the command (e.g. no Docker daemon,
+    /// spawn failed).
     #[error("agent `{agent}` could not start the command: {message}")]
     Start {
+        /// The agent's id.
         agent: String,
+        /// The error kind the agent reported.
         kind: ErrorKind,
+        /// The agent's message.
         message: String,
     },
+    /// The call was cancelled (an agent that accepted it is sent `Cancel`).
     #[error("call cancelled")]
     Cancelled,
 }
@@ -90,7 +106,9 @@ pub struct Fleet {
 
 /// A finished remote call.
 pub struct Ran {
+    /// What the command did.
     pub outcome: Outcome,
+    /// The id of the agent that ran it.
     pub agent: String,
 }
 

@@ -11,9 +11,13 @@ use crate::config::{Param, ParamType, StringRules};
 /// A parameter ready to check arguments: its rules with the regexes compiled.
 #[derive(Debug, Clone)]
 pub struct CompiledParam {
+    /// The parameter's name, as arguments and placeholders use it.
     pub name: String,
+    /// Its rules as written in the config.
     pub spec: Param,
+    /// `pattern`, compiled (string parameters).
     pub pattern: Option<Regex>,
+    /// `items.pattern`, compiled (array parameters).
     pub item_pattern: Option<Regex>,
 }
 
@@ -27,7 +31,9 @@ impl CompiledParam {
 /// One way an argument broke its parameter's rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgError {
+    /// The parameter (or unknown argument) at fault.
     pub param: String,
+    /// What is wrong, as a phrase after "parameter `x`: ".
     pub rule: String,
 }
 

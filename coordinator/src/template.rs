@@ -21,7 +21,9 @@ use crate::config::{CommandElement, Param, ParamType};
 /// One part of an argv element.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
+    /// Literal text, copied as is.
     Text(String),
+    /// A `{{name}}` placeholder: the parameter's name, trimmed.
     Param(String),
 }
 
@@ -32,8 +34,16 @@ pub struct Arg(pub Vec<Piece>);
 /// An element of a tool's `command`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Element {
+    /// One argv element (or one per item, for a sole array placeholder); left out when a
+    /// parameter it names is absent.
     Arg(Arg),
-    Group { when: String, args: Vec<Arg> },
+    /// A conditional group: `args` are kept only when `when` is given and not `false`.
+    Group {
+        /// The parameter that switches the group on.
+        when: String,
+        /// The elements it adds; if any is left out, the whole group is.
+        args: Vec<Arg>,
+    },
 }
 
 /// Whether `name` can be a parameter name.

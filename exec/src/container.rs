@@ -43,16 +43,30 @@ pub const LABEL_DEADLINE: &str = "mcpfier.deadline_ms";
 /// Why a container call could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Connecting to or pinging the Docker daemon failed; holds the client's reason.
     #[error("no Docker daemon: {0} (is /var/run/docker.sock there and the daemon running?)")]
     NoDaemon(String),
+    /// The image (named here) is not on the host and the pull policy is `never`.
     #[error(
         "image `{0}` is not present and the tool says pull: never; build or load it on this host"
     )]
     ImageMissing(String),
+    /// Pulling a missing image failed.
     #[error("pull image `{image}`: {why}")]
-    Pull { image: String, why: String },
+    Pull {
+        /// The image reference being pulled.
+        image: String,
+        /// The daemon's or registry's reason.
+        why: String,
+    },
+    /// Any other Engine API call failed (inspect the image, create, attach, start, list).
     #[error("{what}: {why}")]
-    Docker { what: &'static str, why: String },
+    Docker {
+        /// The step that failed, as a verb phrase, e.g. `create the container`.
+        what: &'static str,
+        /// The Engine API's reason.
+        why: String,
+    },
 }
 
 impl HasKind for Error {

@@ -27,8 +27,11 @@ const REAP_EVERY: Duration = Duration::from_secs(60);
 /// Why an execution could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A local process could not be run: empty command, bad working directory, or a spawn or
+    /// wait failure.
     #[error(transparent)]
     Process(#[from] process::Error),
+    /// A container call could not run: no daemon, missing image, or an Engine API failure.
     #[error(transparent)]
     Container(#[from] container::Error),
 }

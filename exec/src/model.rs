@@ -14,8 +14,11 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
 /// One environment variable for the child. Secret values never appear in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EnvVar {
+    /// The variable's name, e.g. `LANG`.
     pub name: String,
+    /// Its value, already resolved (no `${env:..}` or `${file:..}` left).
     pub value: String,
+    /// The value came from a secret reference; it is masked in `Debug` and in error messages.
     pub secret: bool,
 }
 
@@ -32,13 +35,18 @@ pub struct Execution {
     /// Program and arguments; `argv[0]` is an absolute path or a name looked up on the child's
     /// `PATH`.
     pub argv: Vec<String>,
+    /// The child's whole environment; a `PATH` here replaces [`DEFAULT_PATH`].
     pub env: Vec<EnvVar>,
+    /// Working directory; `None`: the current directory of the process that runs it.
     pub workdir: Option<PathBuf>,
+    /// Longest the command may run; then its process group gets SIGTERM, and SIGKILL after
+    /// `kill_grace`.
     pub timeout: Duration,
     /// Bytes kept of stdout, and separately of stderr.
     pub max_output: u64,
+    /// Time between SIGTERM and SIGKILL once `timeout` has passed.
     pub kill_grace: Duration,
-    /// Run in this container instead of as a local process.
+    /// Run in this container instead of as a local process; `None`: a local process group.
     pub container: Option<ContainerSpec>,
 }
 
@@ -61,14 +69,18 @@ impl Execution {
 /// Which output stream a chunk came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
+    /// The child's standard output.
     Stdout,
+    /// The child's standard error.
     Stderr,
 }
 
 /// A piece of output, sent live while the command runs. Only bytes within the cap are sent.
 #[derive(Clone, Debug)]
 pub struct Chunk {
+    /// The stream the bytes were read from.
     pub stream: Stream,
+    /// The bytes as read; not split on lines or UTF-8 boundaries.
     pub data: Vec<u8>,
 }
 
@@ -76,7 +88,10 @@ pub struct Chunk {
 #[derive(Clone, Debug)]
 pub enum Event {
     /// The process group exists; `pid` is its leader (and the group id).
-    Started { pid: u32 },
+    Started {
+        /// Host pid of the group leader; 0 for a container call (its pid is not looked up).
+        pid: u32,
+    },
     /// Output within the cap.
     Output(Chunk),
 }
@@ -88,12 +103,19 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     /// The signal that ended the process, if any.
     pub signal: Option<i32>,
+    /// Standard output, at most `max_output` bytes.
     pub stdout: Vec<u8>,
+    /// Standard error, at most `max_output` bytes.
     pub stderr: Vec<u8>,
+    /// Standard output went over `max_output` and the rest was dropped.
     pub stdout_truncated: bool,
+    /// Standard error went over `max_output` and the rest was dropped.
     pub stderr_truncated: bool,
+    /// The timeout ended the run (SIGTERM, then SIGKILL after the grace).
     pub timed_out: bool,
+    /// The caller's cancellation ended the run (SIGKILL at once).
     pub cancelled: bool,
+    /// Wall time from start until the process (or container) exited.
     pub duration: Duration,
     /// The container's memory limit killed it (container calls only).
     pub oom_killed: bool,
@@ -109,38 +131,53 @@ impl Outcome {
 /// When the image is pulled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pull {
+    /// Never pull: a missing image fails the call with
+    /// [`ImageMissing`](crate::container::Error::ImageMissing).
     Never,
+    /// Pull only when the image is not present locally.
     Missing,
 }
 
 /// A host path mounted into the container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BindMount {
+    /// Absolute path on the host.
     pub source: String,
+    /// Absolute path inside the container.
     pub target: String,
+    /// Mounted writable; otherwise read-only.
     pub rw: bool,
 }
 
 /// How a container call runs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContainerSpec {
+    /// The image reference, e.g. `localhost/tools:1.2`.
     pub image: String,
     /// Bytes; swap is set equal, so there is none beyond it.
     pub memory: u64,
+    /// CPU limit in CPUs, fractions allowed (`0.5`).
     pub cpus: f64,
+    /// Most processes the container may have at once.
     pub pids: i64,
     /// `none`, `bridge`, or a named network.
     pub network: String,
+    /// Read-only root filesystem, with a writable 64 MiB tmpfs at `/tmp`.
     pub read_only: bool,
+    /// `uid:gid` the command runs as inside the container.
     pub user: String,
+    /// Host paths mounted into the container.
     pub mounts: Vec<BindMount>,
+    /// When the image is pulled if it is not present.
     pub pull: Pull,
 }
 
 /// One output stream as kept: at most the cap, and whether anything was dropped.
 #[derive(Default)]
 pub struct Captured {
+    /// The bytes kept, at most the cap.
     pub data: Vec<u8>,
+    /// Some bytes were dropped because the cap was reached.
     pub truncated: bool,
 }
 

@@ -27,18 +27,25 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 /// Why a command could not be run at all.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// `argv` has no program.
     #[error("the command is empty")]
     EmptyCommand,
+    /// The working directory (named here) is missing or not a directory.
     #[error("working directory {0} does not exist or is not a directory")]
     Workdir(PathBuf),
     #[error(
         "could not start `{program}`: {source} (command[0] must be an absolute path, or a program on the child's PATH: {path})"
     )]
+    /// The OS could not start the program (not found, not executable, ...).
     Spawn {
+        /// `argv[0]` as given.
         program: String,
+        /// The `PATH` it was looked up on, or a placeholder when that `PATH` is a secret.
         path: String,
+        /// The OS error from spawning.
         source: io::Error,
     },
+    /// Waiting for the child's exit status failed.
     #[error("wait for the command: {0}")]
     Wait(io::Error),
 }

@@ -67,14 +67,19 @@ impl Status {
 /// Where the coordinator learned of an agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
+    /// Listed under `fleet.agents` in the config; checked every `health_interval`.
     Static,
+    /// Registered in etcd; joins and leaves with its record.
     Etcd,
 }
 
 /// One agent: its connection and state.
 pub struct Agent {
+    /// The agent's id; its certificate must carry it.
     pub id: String,
+    /// `host:port` dialled for gRPC.
     pub address: String,
+    /// Where the coordinator learned of it.
     pub source: Source,
     pub(super) client: AgentClient<Channel>,
     pub(super) status: RwLock<Status>,
@@ -87,16 +92,28 @@ pub struct Agent {
 /// One agent as `/fleet` and logs show it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AgentView {
+    /// The agent's id.
     pub id: String,
+    /// `host:port` dialled for gRPC.
     pub address: String,
+    /// `static` (from the config) or `etcd`.
     pub source: &'static str,
+    /// Usable for routing: nothing failed on it since its last good check (an etcd agent
+    /// starts healthy when it joins).
     pub healthy: bool,
+    /// It said it is draining or fenced: it takes no new calls.
     pub draining: bool,
+    /// Its labels, as it last announced them.
     pub labels: BTreeMap<String, String>,
+    /// Calls running on it, as it last reported (from any coordinator).
     pub running: u32,
+    /// Calls it runs at once, as it last reported.
     pub capacity: u32,
+    /// Calls this coordinator has in flight on it now.
     pub inflight: u32,
+    /// Why it last left routing; `None` when nothing failed since its last good health check.
     pub last_error: Option<String>,
+    /// Unix time in milliseconds of its last etcd record; `None` for a static agent.
     pub updated_at_ms: Option<u64>,
 }
 
@@ -155,7 +172,6 @@ impl Agent {
         self.status().fits(tool)
     }
 
-    /// Takes the agent out of routing until a health check succeeds again.
     /// Takes in an agent's refusal before it accepted a call: a refusal of kind `kind`, or
     /// (`None`) a failure to talk to it at all.
     pub(super) fn refused(&self, kind: Option<ErrorKind>, why: &str) {
@@ -167,6 +183,7 @@ impl Agent {
         }
     }
 
+    /// Takes the agent out of routing until a health check succeeds again.
     pub(super) fn mark_failed(&self, why: &str) {
         let was = self.status().healthy;
         self.update(|s| {

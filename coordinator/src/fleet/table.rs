@@ -20,8 +20,12 @@ use crate::membership::{Sink, Update};
 /// What the coordinator knows of etcd.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct EtcdView {
+    /// The config has a `fleet.etcd` section.
     pub configured: bool,
+    /// The coordinator listed the agents and is watching them; false from the first failure
+    /// (connect, list or watch) until the next listing.
     pub connected: bool,
+    /// Why etcd last could not be reached; `None` once a listing succeeds.
     pub last_error: Option<String>,
 }
 
