@@ -1,0 +1,46 @@
+//! Certificate directories made with the real `mcpfier certs` commands.
+
+use std::path::{Path, PathBuf};
+
+use crate::*;
+
+/// A certificate directory made with `mcpfier certs`.
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    /// Creates a CA in `dir`.
+    pub fn init(dir: &Path) -> Certs {
+        let (code, out, err) = mcpfier_cli(&["certs", "init", "--dir", dir.to_str().unwrap()], &[]);
+        assert_eq!(code, 0, "certs init failed: {out}{err}");
+        Certs {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Issues `name.pem`/`name.key` for `role` (`agent` or `coordinator`).
+    pub fn issue(&self, role: &str, name: &str) {
+        let dir = self.dir.to_str().unwrap();
+        let args = [
+            "certs",
+            "issue",
+            "--dir",
+            dir,
+            "--role",
+            role,
+            "--name",
+            name,
+            "--san",
+            "127.0.0.1",
+        ];
+        let (code, out, err) = mcpfier_cli(&args, &[]);
+        assert_eq!(code, 0, "certs issue failed: {out}{err}");
+    }
+
+    /// The YAML `tls:` value for `name`'s files.
+    pub fn tls_yaml(&self, name: &str) -> String {
+        let d = self.dir.display();
+        format!("{{ca: {d}/ca.pem, cert: {d}/{name}.pem, key: {d}/{name}.key}}")
+    }
+}

@@ -1,0 +1,52 @@
+//! A running `mcpfier serve` on port 0, its address read from its log.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::*;
+
+/// A running `mcpfier serve`, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Coordinator {
+    pub process: Process,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Coordinator {
+    /// Starts `mcpfier serve` on a free loopback port and waits until `/healthz` answers.
+    pub fn start(config: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> Coordinator {
+        let mut cmd = Command::new(mcpfier());
+        cmd.arg("--config")
+            .arg(config)
+            .args(extra_args)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let process = Process::start(cmd, config, "coordinator");
+        let rest = process.wait_for_log("serving MCP at http://", Duration::from_secs(30));
+        let addr = rest[..rest.find("/mcp").expect("the log line names /mcp")].to_owned();
+        let healthy = wait_for(Duration::from_secs(10), || {
+            (http_request(&addr, "GET", "/healthz", &[], "").ok()?.0 == 200).then_some(())
+        });
+        assert!(healthy.is_some(), "mcpfier serve did not answer /healthz");
+        let log = process.log.clone();
+        Coordinator { process, addr, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.process.stop()
+    }
+}

@@ -1,0 +1,85 @@
+//! The official MCP Python SDK as the client: `tests/py/mcp_driver.py` runs a list of
+//! operations over stdio or Streamable HTTP and prints one JSON result per operation.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::*;
+
+pub(crate) fn driver_results(code: i32, out: &str, err: &str) -> Vec<Value> {
+    assert_eq!(
+        code, 0,
+        "the MCP driver failed:\nstdout: {out}\nstderr: {err}"
+    );
+    match serde_json::from_str(out.trim()) {
+        Ok(Value::Array(items)) => items,
+        other => panic!("driver printed no result array: {other:?}\nstdout: {out}\nstderr: {err}"),
+    }
+}
+
+/// What a stdio session printed to stderr (mcpfier's logs), with the results.
+pub struct StdioRun {
+    pub results: Vec<Value>,
+    pub stderr: String,
+}
+
+/// Starts `mcpfier --config CONFIG stdio` from the Python SDK's stdio client, runs `ops`
+/// (see `tests/py/mcp_driver.py`) and returns one result per op. `env` is what mcpfier's
+/// own environment gets on top of the SDK's default one.
+pub fn drive_stdio(
+    config: &Path,
+    env: &[(&str, &str)],
+    extra_args: &[&str],
+    ops: Value,
+) -> StdioRun {
+    let env: serde_json::Map<String, Value> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace().join("tests/py/mcp_driver.py"))
+        .args(["stdio", "--"])
+        .arg(mcpfier())
+        .arg("--config")
+        .arg(config)
+        .args(extra_args)
+        .arg("stdio")
+        .env("MCP_DRIVER_SERVER_ENV", Value::Object(env).to_string());
+    let (code, out, err) = run_with_deadline(cmd, &ops.to_string(), Duration::from_secs(90))
+        .expect("run the MCP driver");
+    StdioRun {
+        results: driver_results(code, &out, &err),
+        stderr: err,
+    }
+}
+
+/// Runs `ops` against a Streamable HTTP endpoint with the Python SDK.
+pub fn drive_http(url: &str, ops: Value) -> Vec<Value> {
+    let (code, out, err) = drive_http_raw(url, ops);
+    driver_results(code, &out, &err)
+}
+
+/// Like [`drive_http`], returning the driver's exit code, stdout and stderr as they are (for
+/// tests where the server goes away mid-call).
+pub fn drive_http_raw(url: &str, ops: Value) -> (i32, String, String) {
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace().join("tests/py/mcp_driver.py"))
+        .args(["http", url]);
+    run_with_deadline(cmd, &ops.to_string(), Duration::from_secs(90)).expect("run the MCP driver")
+}
+
+/// The text blocks of a driver's call result, joined by newlines.
+pub fn result_text(result: &Value) -> String {
+    result["text"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
