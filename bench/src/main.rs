@@ -11,10 +11,10 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -88,43 +88,49 @@ fn direct_spawn(threads: usize, duration: Duration) -> anyhow::Result<Figures> {
 /// An HTTP response: status, headers (names lowercased), body.
 type Response = (u16, Vec<(String, String)>, String);
 
-/// A plain HTTP/1.1 POST to `/mcp`.
+/// The one HTTP client of the benchmark. It is shared so that its connection pool carries
+/// over from call to call: a measured call pays for the request, not for a new agent and a
+/// new TCP connection. Every status is a value (the caller judges it); no proxy from the
+/// environment (the servers are ours, on loopback).
+pub(crate) fn http() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .max_redirects(0)
+            .timeout_per_read(Some(Duration::from_secs(10)))
+            .build()
+            .into()
+    })
+}
+
+/// A POST of a JSON-RPC message to `/mcp`, its response read to the end (an SSE stream ends
+/// when the server closes it).
 pub(crate) fn post(addr: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<Response> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let url = format!("http://{addr}/mcp");
+    let mut request = http()
+        .post(&url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream");
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        request = request.header(*k, *v);
     }
-    req.push_str("\r\n");
-    req.push_str(body);
-    stream.write_all(req.as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("status line")?;
-    let mut hdrs = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            hdrs.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-        }
-    }
-    let mut rest = String::new();
-    let _ = reader.read_to_string(&mut rest);
-    Ok((status, hdrs, rest))
+    let mut response = request.send(body).with_context(|| format!("POST {url}"))?;
+    let status = response.status().as_u16();
+    let hdrs = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_owned(), v)
+        })
+        .collect();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("read the response to POST {url}"))?;
+    Ok((status, hdrs, text))
 }
 
 /// Sends `tools/call` of `tool` (no arguments) as request `id` on session `sid`; returns the

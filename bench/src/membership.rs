@@ -10,21 +10,22 @@ use anyhow::{Context, bail};
 use mcpfier_common::membership::{AgentRecord, Etcd, now_ms};
 
 use crate::{
-    call_tool, free_port, open_session, start_agent_with, start_logged, start_mcpfier,
+    call_tool, free_port, http, open_session, start_agent_with, start_logged, start_mcpfier,
     wait_for_port,
 };
 
+/// The status of a GET of `path`; the (small) body is read so the connection is reused.
 fn get_status(addr: &str, path: &str) -> anyhow::Result<u16> {
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    use std::io::{Read, Write};
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = [0u8; 12];
-    stream.read_exact(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    text[9..12].parse().context("status")
+    let url = format!("http://{addr}{path}");
+    let mut response = http()
+        .get(&url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    response
+        .body_mut()
+        .read_to_vec()
+        .with_context(|| format!("read the body of GET {url}"))?;
+    Ok(response.status().as_u16())
 }
 
 /// Polls until `/fleet/agents/<id>` answers `want`; returns how long that took.

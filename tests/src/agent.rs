@@ -4,7 +4,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::*;
+use crate::build::mcpfier_agent;
+use crate::certs::Certs;
+use crate::process::Process;
 
 /// A running `mcpfier-agent`, stopped on drop.
 pub struct Agent {

@@ -16,13 +16,13 @@ pub fn workspace() -> PathBuf {
         .to_owned()
 }
 
-pub(crate) fn target_dir() -> PathBuf {
+fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"))
 }
 
-pub(crate) fn build_binaries() -> &'static PathBuf {
+fn build_binaries() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::*;
+use crate::process::mcpfier_cli;
 
 /// A certificate directory made with `mcpfier certs`.
 pub struct Certs {

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::*;
+use crate::build::mcpfier;
+use crate::http::http_request;
+use crate::process::{Process, wait_for};
 
 /// A running `mcpfier serve`, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Coordinator {

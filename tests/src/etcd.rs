@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::*;
+use crate::http::{free_port, http_request};
+use crate::process::{Process, wait_for};
 
 /// A real etcd (Debian's etcd-server) on free loopback ports with its own data dir.
 pub struct EtcdServer {

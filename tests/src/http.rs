@@ -1,8 +1,9 @@
-//! Plain HTTP against our servers: free ports, GETs of JSON views, raw requests.
+//! Plain HTTP against our own servers on loopback (ureq, no TLS): free ports, raw requests,
+//! and GETs of the JSON views (`/fleet`, `/healthz`).
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::Value;
 
 /// A free loopback port (bound, then released).
@@ -17,14 +18,12 @@ pub fn free_port() -> u16 {
 pub fn get_json(addr: &str, path: &str) -> Value {
     let (status, body) = http_request(addr, "GET", path, &[], "").expect("GET");
     assert_eq!(status, 200, "{path}: {body}");
-    // The body may be chunked; take the JSON object in it.
-    let start = body.find('{').expect("a JSON body");
-    let end = body.rfind('}').expect("a JSON body");
-    serde_json::from_str(&body[start..=end]).expect("JSON")
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
 }
 
-/// An HTTP request (ureq, plain HTTP): (status, body). Any status comes back as a value,
-/// not an error; the body is read to its end.
+/// An HTTP/1.1 request to `http://{addr}{path}`: (status, body). Every status, 4xx and 5xx
+/// included, comes back as a value; the body is read to its end (an SSE stream ends when the
+/// server closes it).
 pub fn http_request(
     addr: &str,
     method: &str,
@@ -32,30 +31,26 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
+    // A fresh agent per request, so no connection outlives a test's server. No proxy from
+    // the environment and no redirects: the tests talk to our servers and see what they say.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
+        .proxy(None)
+        .max_redirects(0)
+        .timeout_per_read(Some(Duration::from_secs(10)))
         .build()
         .into();
     let url = format!("http://{addr}{path}");
-    let mut response = match method {
-        "GET" => {
-            let mut request = agent.get(&url);
-            for (k, v) in headers {
-                request = request.header(*k, *v);
-            }
-            request.call()
-        }
-        "POST" => {
-            let mut request = agent.post(&url);
-            for (k, v) in headers {
-                request = request.header(*k, *v);
-            }
-            request.send(body)
-        }
-        other => bail!("http_request: method {other} is not used by the tests"),
+    let mut request = ureq::http::Request::builder().method(method).uri(&url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
     }
-    .with_context(|| format!("{method} {url}"))?;
+    let request = request
+        .body(body)
+        .with_context(|| format!("build {method} {url}"))?;
+    let mut response = agent
+        .run(request)
+        .with_context(|| format!("{method} {url}"))?;
     let status = response.status().as_u16();
     let text = response
         .body_mut()

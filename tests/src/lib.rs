@@ -4,6 +4,10 @@
 //!
 //! Each test gets its own temp dir, its own port (the coordinator binds port 0 and the harness
 //! reads the bound address from its log), and a log file per process.
+//!
+//! One module per role: `build` (the binaries and the Python), `process` (temp dirs, processes,
+//! deadlines), `coordinator`, `agent`, `certs`, `etcd`, `mcp_client` (the Python MCP driver),
+//! `http` and `docker`. Everything is re-exported here, so tests name `mcpfier_tests::X`.
 
 #![forbid(unsafe_code)]
 
@@ -17,12 +21,12 @@ mod http;
 mod mcp_client;
 mod process;
 
-pub use agent::*;
-pub use build::*;
-pub use certs::*;
-pub use coordinator::*;
-pub use docker::*;
-pub use etcd::*;
-pub use http::*;
-pub use mcp_client::*;
-pub use process::*;
+pub use agent::Agent;
+pub use build::{MCP_PYPI_PIN, mcpfier, mcpfier_agent, python, workspace};
+pub use certs::Certs;
+pub use coordinator::Coordinator;
+pub use docker::{TEST_IMAGE, containers_with_label, test_image};
+pub use etcd::EtcdServer;
+pub use http::{free_port, get_json, http_request};
+pub use mcp_client::{StdioRun, drive_http, drive_http_raw, drive_stdio, result_text};
+pub use process::{Process, Scratch, alive, assert_all_gone, mcpfier_cli, read_pids, wait_for};

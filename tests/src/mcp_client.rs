@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::*;
+use crate::build::{mcpfier, python, workspace};
+use crate::process::run_with_deadline;
 
-pub(crate) fn driver_results(code: i32, out: &str, err: &str) -> Vec<Value> {
+fn driver_results(code: i32, out: &str, err: &str) -> Vec<Value> {
     assert_eq!(
         code, 0,
         "the MCP driver failed:\nstdout: {out}\nstderr: {err}"

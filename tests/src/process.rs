@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::*;
+use crate::build::mcpfier;
 
 /// A temp dir for one test, with helpers to write files into it.
 pub struct Scratch {
