@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::Fleet;
-use super::agent::{Agent, AgentView, Source, Status, peer_globs};
+use super::agent::{Agent, AgentView, Source, Status};
 use super::channel::channel;
 use crate::catalog::Tool;
 use crate::membership::{Sink, Update};
@@ -126,7 +126,7 @@ impl Fleet {
             s.capacity = record.capacity.max(1);
             s.running = record.running;
             s.draining = record.draining;
-            s.allow_tools = peer_globs(&record.allow_tools);
+            s.set_allow_tools(&record.allow_tools);
             s.features = record.capabilities.clone();
             s.updated_at = Some(record.updated_at);
             s.info_known = true;
