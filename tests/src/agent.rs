@@ -10,8 +10,11 @@ use crate::process::Process;
 
 /// A running `mcpfier-agent`, stopped on drop.
 pub struct Agent {
+    /// The agent's id (its certificate's name).
     pub id: String,
+    /// The running process and its log.
     pub process: Process,
+    /// Where it listens (`127.0.0.1:PORT`).
     pub addr: String,
 }
 

@@ -6,6 +6,7 @@ use crate::process::mcpfier_cli;
 
 /// A certificate directory made with `mcpfier certs`.
 pub struct Certs {
+    /// The directory with `ca.pem`, `ca.key` and the issued `<name>.pem`/`.key` files.
     pub dir: PathBuf,
 }
 

@@ -10,8 +10,11 @@ use crate::process::{Process, wait_for};
 
 /// A running `mcpfier serve`, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Coordinator {
+    /// The running process.
     pub process: Process,
+    /// The address it bound (`127.0.0.1:PORT`), read from its log.
     pub addr: String,
+    /// Its log file.
     pub log: PathBuf,
 }
 
@@ -39,10 +42,12 @@ impl Coordinator {
         Coordinator { process, addr, log }
     }
 
+    /// The MCP endpoint, `http://ADDR/mcp`.
     pub fn url(&self) -> String {
         format!("http://{}/mcp", self.addr)
     }
 
+    /// Everything it has logged so far.
     pub fn log_text(&self) -> String {
         self.process.log_text()
     }

@@ -9,7 +9,9 @@ use crate::process::{Process, wait_for};
 
 /// A real etcd (Debian's etcd-server) on free loopback ports with its own data dir.
 pub struct EtcdServer {
+    /// The etcd process, `None` while the test has it stopped.
     pub process: Option<Process>,
+    /// Its client URL (`http://127.0.0.1:PORT`).
     pub endpoint: String,
     args: Vec<String>,
     dir: PathBuf,

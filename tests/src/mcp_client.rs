@@ -23,7 +23,9 @@ fn driver_results(code: i32, out: &str, err: &str) -> Vec<Value> {
 
 /// What a stdio session printed to stderr (mcpfier's logs), with the results.
 pub struct StdioRun {
+    /// One result per operation, in order.
     pub results: Vec<Value>,
+    /// What mcpfier wrote to stderr (its logs).
     pub stderr: String,
 }
 

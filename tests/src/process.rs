@@ -24,6 +24,7 @@ impl Default for Scratch {
 }
 
 impl Scratch {
+    /// A new temp dir, removed when this is dropped.
     pub fn new() -> Self {
         Self {
             dir: tempfile::Builder::new()
@@ -33,6 +34,7 @@ impl Scratch {
         }
     }
 
+    /// The dir's path.
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -112,6 +114,7 @@ pub fn mcpfier_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
 /// A process of ours with its log file, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Process {
     child: Child,
+    /// Its log file (its stderr).
     pub log: PathBuf,
 }
 
@@ -133,10 +136,12 @@ impl Process {
         Process { child, log }
     }
 
+    /// Its pid (also its process group id when it leads one).
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
+    /// Everything it has logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
