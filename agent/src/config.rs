@@ -162,9 +162,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     {
         problems.push(format!("advertise: `{a}` is not host:port"));
     }
-    if config.policy.max_timeout.get().is_zero() {
-        problems.push("policy.max_timeout: must be more than zero".into());
-    }
+    problems.extend(config.policy.problems());
     let tls = config.tls.relative_to(&base);
     match tls::load(&tls) {
         Ok(material) => {

@@ -1,13 +1,41 @@
 //! The agent's own limits: what a coordinator may make it run, whatever the coordinator's
-//! config says (defence in depth).
+//! config says (defence in depth). Every field of an execution is checked here before
+//! anything runs: the tool, the program, the environment, the working directory, the
+//! timeout and kill grace, the output cap, and for containers the image, limits, mounts,
+//! network, user and root filesystem.
+//!
+//! Invariant: [`Policy::admit`] is the only way from a request to an [`Execution`] the agent
+//! runs, and it binds what it checked: the program path it allowed, and the canonical working
+//! directory and mount sources, so a symlink or a `PATH` entry changed afterwards can't swap
+//! them.
 
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use mcpfier_common::glob::Globs;
 use mcpfier_common::{ByteSize, HumanDuration};
-use mcpfier_exec::ContainerSpec;
+use mcpfier_exec::{ContainerSpec, DEFAULT_PATH, ErrorKind, Execution};
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+/// Environment variables refused by default: the dynamic loader's (`LD_*` on Linux, `DYLD_*`
+/// on macOS) and the other variables glibc drops for set-uid programs because they make a
+/// program load or read files it did not choose.
+pub const DEFAULT_DENY_ENV: &[&str] = &[
+    "LD_*",
+    "DYLD_*",
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_*",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+];
 
 /// The `policy` section of `agent.yaml`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -19,9 +47,27 @@ pub struct Policy {
     /// Whether local processes may run (default true).
     #[serde(default = "yes")]
     pub allow_local: bool,
+    /// Programs local processes may run: globs on the program's path after it is looked up
+    /// on the child's `PATH`, e.g. `["/usr/bin/*", "/opt/tools/bin/*"]` (default `["*"]`).
+    /// Symlinks are not resolved, so list only directories calls can't write to.
+    #[serde(default = "Globs::any")]
+    pub allow_programs: Globs,
+    /// Environment variable names a call may not set: globs (default: the loader variables
+    /// in [`DEFAULT_DENY_ENV`]). Setting this replaces the default list.
+    #[serde(default = "default_deny_env")]
+    pub deny_env: Globs,
+    /// Directories local processes may run in: a call's working directory must be one of
+    /// these or below one, after symlinks are resolved (default `["/"]`). A call without a
+    /// working directory runs in the agent's own.
+    #[serde(default = "default_allow_workdirs")]
+    pub allow_workdirs: Vec<PathBuf>,
     /// Longest timeout a call may ask for (default 10m).
     #[serde(default = "default_max_timeout")]
     pub max_timeout: HumanDuration,
+    /// Longest time between SIGTERM and SIGKILL a call may ask for (default 10s), so that
+    /// `max_timeout` plus this bounds the whole run.
+    #[serde(default = "default_max_kill_grace")]
+    pub max_kill_grace: HumanDuration,
     /// Largest output cap a call may ask for, per stream (default 16MiB).
     #[serde(default = "default_max_output")]
     pub max_output: ByteSize,
@@ -40,8 +86,43 @@ pub struct Policy {
     /// Most processes a container call may ask for (default 4096).
     #[serde(default = "default_max_pids")]
     pub max_pids: i64,
+    /// Host directories container calls may bind-mount: a mount's source must be one of
+    /// these or below one, after symlinks are resolved (default none).
+    #[serde(default)]
+    pub allow_mounts: Vec<MountRule>,
+    /// Docker networks container calls may use (default `["none"]`: no network at all).
+    /// `host` gives the container the host's network; allow it only on purpose.
+    #[serde(default = "default_allow_networks")]
+    pub allow_networks: Vec<String>,
+    /// Whether a container may run as root, uid or gid 0 (default false). Without it the
+    /// user must be a numeric `uid:gid`, since a name could map to root inside the image.
+    #[serde(default)]
+    pub allow_root: bool,
+    /// Whether a container may have a writable root filesystem (default false).
+    #[serde(default)]
+    pub allow_writable_root: bool,
 }
 
+/// One entry of `allow_mounts`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MountRule {
+    /// An absolute host directory; mounts of it or of anything below it are allowed.
+    pub source: PathBuf,
+    /// Whether such mounts may be writable (default false: read-only only).
+    #[serde(default)]
+    pub rw: bool,
+}
+
+fn default_deny_env() -> Globs {
+    Globs::new(DEFAULT_DENY_ENV).expect("the default deny_env globs are valid")
+}
+fn default_allow_workdirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("/")]
+}
+fn default_allow_networks() -> Vec<String> {
+    vec!["none".into()]
+}
 fn default_max_memory() -> ByteSize {
     ByteSize(4 << 30)
 }
@@ -51,34 +132,44 @@ fn default_max_cpus() -> f64 {
 fn default_max_pids() -> i64 {
     4096
 }
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            allow_tools: Globs::any(),
-            allow_local: true,
-            max_timeout: default_max_timeout(),
-            max_output: default_max_output(),
-            allow_containers: true,
-            allow_images: Globs::any(),
-            max_memory: default_max_memory(),
-            max_cpus: default_max_cpus(),
-            max_pids: default_max_pids(),
-        }
-    }
-}
-
 fn yes() -> bool {
     true
 }
 fn default_max_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
 }
+fn default_max_kill_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
 fn default_max_output() -> ByteSize {
     ByteSize(16 << 20)
 }
 
-/// Why the policy refused a call.
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            allow_tools: Globs::any(),
+            allow_local: true,
+            allow_programs: Globs::any(),
+            deny_env: default_deny_env(),
+            allow_workdirs: default_allow_workdirs(),
+            max_timeout: default_max_timeout(),
+            max_kill_grace: default_max_kill_grace(),
+            max_output: default_max_output(),
+            allow_containers: true,
+            allow_images: Globs::any(),
+            max_memory: default_max_memory(),
+            max_cpus: default_max_cpus(),
+            max_pids: default_max_pids(),
+            allow_mounts: vec![],
+            allow_networks: default_allow_networks(),
+            allow_root: false,
+            allow_writable_root: false,
+        }
+    }
+}
+
+/// Why the policy refused a call. Nothing has run when a call is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// The tool's name matches none of `allow_tools`.
@@ -92,12 +183,62 @@ pub enum Refusal {
     /// A local-process call, and `allow_local` is false.
     #[error("this agent does not run local processes (allow_local: false)")]
     Local,
+    /// `argv[0]` is a relative path with a `/`, or has `..` in it.
+    #[error(
+        "program `{0}` must be an absolute path without `..`, or a bare name looked up on PATH"
+    )]
+    ProgramPath(String),
+    /// `argv[0]` is a bare name found in no absolute directory of the child's `PATH`.
+    #[error("program `{program}` is not on the child's PATH ({path})")]
+    ProgramNotFound {
+        /// `argv[0]` as given.
+        program: String,
+        /// The `PATH` searched, or a placeholder when it is a secret.
+        path: String,
+    },
+    /// The program's path matches none of `allow_programs`.
+    #[error("program {resolved} is not in this agent's allow_programs ({allowed})")]
+    Program {
+        /// The path the program was found at.
+        resolved: String,
+        /// The `allow_programs` globs, as written.
+        allowed: String,
+    },
+    /// An environment variable's name matches `deny_env`.
+    #[error("environment variable {name} is refused by this agent's deny_env ({denied})")]
+    Env {
+        /// The variable's name (never its value).
+        name: String,
+        /// The `deny_env` globs, as written.
+        denied: String,
+    },
+    /// The working directory is not absolute, or is not below any of `allow_workdirs`.
+    #[error("working directory {dir} is not in this agent's allow_workdirs ({allowed})")]
+    Workdir {
+        /// The directory as asked for, and where its symlinks lead when that differs.
+        dir: String,
+        /// The `allow_workdirs` entries.
+        allowed: String,
+    },
+    /// The working directory does not exist.
+    #[error("working directory {0} does not exist or is not a directory")]
+    WorkdirMissing(String),
     /// The call's timeout is longer than `max_timeout`.
     #[error("the call asks for a {asked} timeout; this agent allows at most {max} (max_timeout)")]
     Timeout {
         /// The call's timeout, e.g. `20m`.
         asked: String,
         /// `max_timeout`, e.g. `10m`.
+        max: String,
+    },
+    /// The call's kill grace is longer than `max_kill_grace`.
+    #[error(
+        "the call asks for a {asked} kill grace; this agent allows at most {max} (max_kill_grace)"
+    )]
+    KillGrace {
+        /// The call's grace, e.g. `1h`.
+        asked: String,
+        /// `max_kill_grace`, e.g. `10s`.
         max: String,
     },
     /// The call's output cap is larger than `max_output`.
@@ -132,11 +273,189 @@ pub enum Refusal {
         /// The agent's maximum and the setting that sets it, e.g. `4GiB (max_memory)`.
         max: String,
     },
+    /// A bind mount whose source is not below any of `allow_mounts` (or is writable where
+    /// only read-only mounts are allowed).
+    #[error("{what} of {path} is not allowed by this agent's allow_mounts ({allowed})")]
+    Mount {
+        /// `bind mount` or `writable bind mount`.
+        what: &'static str,
+        /// The host path as asked for, and where its symlinks lead when that differs.
+        path: String,
+        /// The `allow_mounts` entries, or `none`.
+        allowed: String,
+    },
+    /// A bind mount's source does not exist on this host.
+    #[error("bind mount source {0} does not exist on this agent")]
+    MountMissing(String),
+    /// The container's network is not in `allow_networks`.
+    #[error("network `{network}` is not in this agent's allow_networks ({allowed})")]
+    Network {
+        /// The network the call asks for.
+        network: String,
+        /// The `allow_networks` entries.
+        allowed: String,
+    },
+    /// The container would run as root, or as a user that can't be checked.
+    #[error("container user `{user}`: {why}")]
+    User {
+        /// The user as asked for.
+        user: String,
+        /// What is wrong and what to do.
+        why: &'static str,
+    },
+    /// A writable root filesystem, and `allow_writable_root` is false.
+    #[error(
+        "the container asks for a writable root filesystem; this agent allows only read-only ones (allow_writable_root: false)"
+    )]
+    WritableRoot,
+}
+
+impl Refusal {
+    /// The error table's kind: a missing program or directory is a start failure (the call
+    /// can't run here), everything else is `policy`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Refusal::ProgramNotFound { .. }
+            | Refusal::WorkdirMissing(_)
+            | Refusal::MountMissing(_) => ErrorKind::StartFailed,
+            Refusal::ProgramPath(_) => ErrorKind::Invalid,
+            _ => ErrorKind::Policy,
+        }
+    }
 }
 
 impl Policy {
-    /// Checks a container call's own limits.
-    pub fn check_container(&self, spec: &ContainerSpec) -> Result<(), Refusal> {
+    /// Problems with the policy itself, each as `policy.FIELD: message`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.max_timeout.get().is_zero() {
+            problems.push("policy.max_timeout: must be more than zero".into());
+        }
+        for (i, dir) in self.allow_workdirs.iter().enumerate() {
+            if !clean_absolute(dir) {
+                problems.push(format!(
+                    "policy.allow_workdirs[{i}]: `{}` must be an absolute path without `..`",
+                    dir.display()
+                ));
+            }
+        }
+        for (i, m) in self.allow_mounts.iter().enumerate() {
+            if !clean_absolute(&m.source) {
+                problems.push(format!(
+                    "policy.allow_mounts[{i}].source: `{}` must be an absolute path without `..`",
+                    m.source.display()
+                ));
+            }
+        }
+        problems
+    }
+
+    /// Checks every field of `exec`, a call for `tool`, and returns it bound to what was
+    /// checked: the program path found on `PATH`, the working directory and mount sources
+    /// with their symlinks resolved.
+    pub fn admit(&self, tool: &str, mut exec: Execution) -> Result<Execution, Refusal> {
+        if !self.allow_tools.is_match(tool) {
+            return Err(Refusal::Tool {
+                tool: tool.to_owned(),
+                allowed: self.allow_tools.to_string(),
+            });
+        }
+        if let Some(var) = exec.env.iter().find(|v| self.deny_env.is_match(&v.name)) {
+            return Err(Refusal::Env {
+                name: var.name.clone(),
+                denied: self.deny_env.to_string(),
+            });
+        }
+        if exec.timeout > self.max_timeout.get() {
+            return Err(Refusal::Timeout {
+                asked: humantime::format_duration(exec.timeout).to_string(),
+                max: self.max_timeout.to_string(),
+            });
+        }
+        if exec.kill_grace > self.max_kill_grace.get() {
+            return Err(Refusal::KillGrace {
+                asked: humantime::format_duration(exec.kill_grace).to_string(),
+                max: self.max_kill_grace.to_string(),
+            });
+        }
+        if exec.max_output > self.max_output.bytes() {
+            return Err(Refusal::Output {
+                asked: ByteSize(exec.max_output).to_string(),
+                max: self.max_output.to_string(),
+            });
+        }
+        match exec.container.take() {
+            Some(spec) => exec.container = Some(self.admit_container(spec)?),
+            None => {
+                if !self.allow_local {
+                    return Err(Refusal::Local);
+                }
+                exec.program = Some(self.admit_program(&exec)?);
+                if let Some(dir) = exec.workdir.take() {
+                    exec.workdir = Some(self.admit_workdir(&dir)?);
+                }
+            }
+        }
+        Ok(exec)
+    }
+
+    fn admit_program(&self, exec: &Execution) -> Result<PathBuf, Refusal> {
+        let program = &exec.argv[0];
+        let resolved = if program.contains('/') {
+            let path = PathBuf::from(program);
+            if !clean_absolute(&path) {
+                return Err(Refusal::ProgramPath(program.clone()));
+            }
+            path
+        } else {
+            let path_var = exec.env.iter().find(|v| v.name == "PATH");
+            let path = path_var.map_or(DEFAULT_PATH, |v| v.value.as_str());
+            lookup(program, path).ok_or_else(|| Refusal::ProgramNotFound {
+                program: program.clone(),
+                path: match path_var {
+                    Some(v) if v.secret => "the tool's PATH, a secret".into(),
+                    _ => path.to_owned(),
+                },
+            })?
+        };
+        let shown = normalized(&resolved);
+        if !self.allow_programs.is_match(&shown) {
+            return Err(Refusal::Program {
+                resolved: shown,
+                allowed: self.allow_programs.to_string(),
+            });
+        }
+        Ok(resolved)
+    }
+
+    fn admit_workdir(&self, dir: &Path) -> Result<PathBuf, Refusal> {
+        let allowed = || {
+            self.allow_workdirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !dir.is_absolute() {
+            return Err(Refusal::Workdir {
+                dir: dir.display().to_string(),
+                allowed: allowed(),
+            });
+        }
+        let real = std::fs::canonicalize(dir)
+            .ok()
+            .filter(|d| d.is_dir())
+            .ok_or_else(|| Refusal::WorkdirMissing(dir.display().to_string()))?;
+        if !self.allow_workdirs.iter().any(|d| real.starts_with(d)) {
+            return Err(Refusal::Workdir {
+                dir: shown_with_target(dir, &real),
+                allowed: allowed(),
+            });
+        }
+        Ok(real)
+    }
+
+    fn admit_container(&self, mut spec: ContainerSpec) -> Result<ContainerSpec, Refusal> {
         if !self.allow_containers {
             return Err(Refusal::Containers);
         }
@@ -167,121 +486,124 @@ impl Policy {
                 max: format!("{} (max_pids)", self.max_pids),
             });
         }
-        Ok(())
+        if !self.allow_networks.contains(&spec.network) {
+            return Err(Refusal::Network {
+                network: spec.network.clone(),
+                allowed: self.allow_networks.join(", "),
+            });
+        }
+        if !self.allow_root {
+            check_user(&spec.user)?;
+        }
+        if !spec.read_only && !self.allow_writable_root {
+            return Err(Refusal::WritableRoot);
+        }
+        for m in &mut spec.mounts {
+            m.source = self.admit_mount(&m.source, m.rw)?;
+        }
+        Ok(spec)
     }
 
-    /// Checks a call against every limit: the tool, then the container's limits or
-    /// `allow_local`, then the timeout and the output cap.
-    pub fn check(
-        &self,
-        tool: &str,
-        timeout: Duration,
-        max_output: u64,
-        container: Option<&ContainerSpec>,
-    ) -> Result<(), Refusal> {
-        if !self.allow_tools.is_match(tool) {
-            return Err(Refusal::Tool {
-                tool: tool.to_owned(),
-                allowed: self.allow_tools.to_string(),
+    fn admit_mount(&self, source: &str, rw: bool) -> Result<String, Refusal> {
+        let what = if rw {
+            "writable bind mount"
+        } else {
+            "bind mount"
+        };
+        let allowed = || {
+            if self.allow_mounts.is_empty() {
+                return "none".to_owned();
+            }
+            self.allow_mounts
+                .iter()
+                .map(|m| format!("{}{}", m.source.display(), if m.rw { " rw" } else { "" }))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let path = Path::new(source);
+        if !path.is_absolute() {
+            return Err(Refusal::Mount {
+                what,
+                path: source.to_owned(),
+                allowed: allowed(),
             });
         }
-        match container {
-            Some(spec) => self.check_container(spec)?,
-            None if !self.allow_local => return Err(Refusal::Local),
-            None => {}
-        }
-        if timeout > self.max_timeout.get() {
-            return Err(Refusal::Timeout {
-                asked: humantime::format_duration(timeout).to_string(),
-                max: self.max_timeout.to_string(),
+        let real =
+            std::fs::canonicalize(path).map_err(|_| Refusal::MountMissing(source.to_owned()))?;
+        let fits = self
+            .allow_mounts
+            .iter()
+            .any(|m| real.starts_with(&m.source) && (m.rw || !rw));
+        if !fits {
+            return Err(Refusal::Mount {
+                what,
+                path: shown_with_target(path, &real),
+                allowed: allowed(),
             });
         }
-        if max_output > self.max_output.bytes() {
-            return Err(Refusal::Output {
-                asked: ByteSize(max_output).to_string(),
-                max: self.max_output.to_string(),
-            });
-        }
-        Ok(())
+        Ok(real.display().to_string())
     }
+}
+
+/// Checks a container user when root is not allowed: numeric `uid[:gid]`, neither 0.
+fn check_user(user: &str) -> Result<(), Refusal> {
+    let refuse = |why| {
+        Err(Refusal::User {
+            user: user.to_owned(),
+            why,
+        })
+    };
+    let (uid, gid) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let numeric = |s: &str| s.parse::<u32>().ok();
+    match (numeric(uid), gid.map(numeric)) {
+        (None, _) | (_, Some(None)) => refuse(
+            "write it as a numeric uid:gid such as 65534:65534; a name could be root inside the image (allow_root: false)",
+        ),
+        (Some(0), _) | (_, Some(Some(0))) => {
+            refuse("root (uid or gid 0) is not allowed on this agent (allow_root: false)")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `p` is absolute and has no `..` (`.` and doubled slashes are harmless).
+fn clean_absolute(p: &Path) -> bool {
+    p.is_absolute() && !p.components().any(|c| c == Component::ParentDir)
+}
+
+/// `p` with `.` and doubled slashes removed, as the globs see it.
+fn normalized(p: &Path) -> String {
+    p.components().collect::<PathBuf>().display().to_string()
+}
+
+fn shown_with_target(asked: &Path, real: &Path) -> String {
+    if normalized(asked) == real.display().to_string() {
+        real.display().to_string()
+    } else {
+        format!("{} (-> {})", asked.display(), real.display())
+    }
+}
+
+/// The first executable file named `name` in an absolute directory of `path`, as `execvp`
+/// would find it (relative entries are skipped: they would depend on the working directory).
+fn lookup(name: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    path.split(':')
+        .filter(|dir| {
+            dir.starts_with('/')
+                && !Path::new(dir)
+                    .components()
+                    .any(|c| c == Component::ParentDir)
+        })
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn container_calls_meet_the_image_and_limit_rules() {
-        let p = Policy {
-            allow_images: Globs::new(&["localhost/tools:*"]).unwrap(),
-            max_memory: ByteSize(1 << 30),
-            ..Policy::default()
-        };
-        let spec = ContainerSpec {
-            image: "localhost/tools:1.2".into(),
-            memory: 512 << 20,
-            cpus: 1.0,
-            pids: 256,
-            network: "none".into(),
-            read_only: true,
-            user: "65534:65534".into(),
-            mounts: vec![],
-            pull: mcpfier_exec::Pull::Never,
-        };
-        let ten = Duration::from_secs(10);
-        assert!(p.check("t", ten, 1024, Some(&spec)).is_ok());
-        let other = ContainerSpec {
-            image: "docker.io/evil:latest".into(),
-            ..spec.clone()
-        };
-        assert!(matches!(
-            p.check("t", ten, 1024, Some(&other)),
-            Err(Refusal::Image { .. })
-        ));
-        let big = ContainerSpec {
-            memory: 2 << 30,
-            ..spec.clone()
-        };
-        let err = p.check("t", ten, 1024, Some(&big)).unwrap_err().to_string();
-        assert!(err.contains("max_memory"), "{err}");
-        let no = Policy {
-            allow_containers: false,
-            ..Policy::default()
-        };
-        assert_eq!(
-            no.check("t", ten, 1024, Some(&spec)),
-            Err(Refusal::Containers)
-        );
-        // allow_local: false does not stop containers.
-        let local_off = Policy {
-            allow_local: false,
-            ..Policy::default()
-        };
-        assert!(local_off.check("t", ten, 1024, Some(&spec)).is_ok());
-    }
-
-    #[test]
-    fn each_limit_refuses_with_its_name() {
-        let p = Policy {
-            allow_tools: Globs::new(&["safe-*"]).unwrap(),
-            ..Policy::default()
-        };
-        let ten = Duration::from_secs(10);
-        assert!(p.check("safe-ls", ten, 1024, None).is_ok());
-        assert!(matches!(
-            p.check("rm", ten, 1024, None),
-            Err(Refusal::Tool { .. })
-        ));
-        let err = p
-            .check("safe-ls", Duration::from_secs(3600), 1024, None)
-            .unwrap_err();
-        assert!(err.to_string().contains("max_timeout"), "{err}");
-        let err = p.check("safe-ls", ten, 1 << 30, None).unwrap_err();
-        assert!(err.to_string().contains("max_output"), "{err}");
-        let local = Policy {
-            allow_local: false,
-            ..Policy::default()
-        };
-        assert_eq!(local.check("x", ten, 1, None), Err(Refusal::Local));
-    }
-}
+mod tests;

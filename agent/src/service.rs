@@ -125,18 +125,16 @@ impl agent_server::Agent for AgentService {
         let exec = wire::execution(&req).map_err(|why| {
             wire::refusal(ErrorKind::Invalid, format!("invalid execution: {why}"))
         })?;
-        if let Err(refusal) = self.config.policy.check(
-            &req.tool,
-            exec.timeout,
-            exec.max_output,
-            exec.container.as_ref(),
-        ) {
-            warn!(call_id = %req.call_id, tool = %req.tool, %refusal, "refused by policy");
-            return Err(wire::refusal(
-                ErrorKind::Policy,
-                format!("agent `{agent}` refuses: {refusal}"),
-            ));
-        }
+        let exec = match self.config.policy.admit(&req.tool, exec) {
+            Ok(exec) => exec,
+            Err(refusal) => {
+                warn!(call_id = %req.call_id, tool = %req.tool, %refusal, "refused by policy");
+                return Err(wire::refusal(
+                    refusal.kind(),
+                    format!("agent `{agent}` refuses: {refusal}"),
+                ));
+            }
+        };
         let accepted = v1::Accepted {
             agent_id: agent.clone(),
             attached: false,

@@ -133,6 +133,7 @@ impl Tool {
     fn execution(&self, values: &BTreeMap<String, Value>) -> Execution {
         Execution {
             argv: template::render(&self.command, values),
+            program: None,
             env: self.env.clone(),
             workdir: self.workdir.clone(),
             timeout: self.timeout,

@@ -195,7 +195,7 @@ impl Engine {
         }
     }
 
-    async fn ensure_image(&self, spec: &ContainerSpec) -> Result<(), Error> {
+    async fn ensure_image(&self, spec: &ContainerSpec, within: Duration) -> Result<(), Error> {
         match self.docker.inspect_image(&spec.image).await {
             Ok(_) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
@@ -207,13 +207,27 @@ impl Engine {
                         .from_image(&spec.image)
                         .build();
                     let mut pull = self.docker.create_image(Some(options), None, None);
-                    while let Some(step) = pull.next().await {
-                        step.map_err(|e| Error::Pull {
-                            image: spec.image.clone(),
-                            why: e.to_string(),
-                        })?;
-                    }
-                    Ok(())
+                    let steps = async {
+                        while let Some(step) = pull.next().await {
+                            step.map_err(|e| Error::Pull {
+                                image: spec.image.clone(),
+                                why: e.to_string(),
+                            })?;
+                        }
+                        Ok(())
+                    };
+                    // A pull never outlasts the call it is for.
+                    tokio::time::timeout(within, steps)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Error::Pull {
+                                image: spec.image.clone(),
+                                why: format!(
+                                    "not done within the call's timeout ({})",
+                                    humantime::format_duration(within)
+                                ),
+                            })
+                        })
                 }
             },
             Err(e) => Err(docker_err("inspect the image")(e)),
@@ -233,7 +247,7 @@ impl Engine {
         events: Option<UnboundedSender<Event>>,
         cancel: CancellationToken,
     ) -> Result<Outcome, Error> {
-        self.ensure_image(spec).await?;
+        self.ensure_image(spec, exec.timeout).await?;
         let labels = HashMap::from([
             (LABEL_CALL.to_owned(), call_id.to_owned()),
             (LABEL_TOOL.to_owned(), tool.to_owned()),
@@ -264,9 +278,12 @@ impl Engine {
             pids_limit: Some(spec.pids),
             network_mode: Some(spec.network.clone()),
             readonly_rootfs: Some(spec.read_only),
-            tmpfs: spec.read_only.then(|| {
-                HashMap::from([("/tmp".to_owned(), "rw,nosuid,nodev,size=64m".to_owned())])
-            }),
+            // Mode 1777 as a /tmp should be: Docker's default (0755, root-owned) is not
+            // writable by the unprivileged user a tool runs as, in an image without /tmp.
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_owned(),
+                "rw,nosuid,nodev,size=64m,mode=1777".to_owned(),
+            )])),
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             init: Some(true),

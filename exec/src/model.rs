@@ -35,6 +35,10 @@ pub struct Execution {
     /// Program and arguments; `argv[0]` is an absolute path or a name looked up on the child's
     /// `PATH`.
     pub argv: Vec<String>,
+    /// The program to exec, already resolved and checked (an agent's policy looks `argv[0]` up
+    /// and binds the path it allowed, so nothing can swap the program in between); the child
+    /// still sees `argv[0]` as given. `None`: `argv[0]` is looked up on the child's `PATH`.
+    pub program: Option<PathBuf>,
     /// The child's whole environment; a `PATH` here replaces [`DEFAULT_PATH`].
     pub env: Vec<EnvVar>,
     /// Working directory; `None`: the current directory of the process that runs it.
@@ -56,6 +60,7 @@ impl Execution {
     pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Execution {
         Execution {
             argv: argv.into_iter().map(Into::into).collect(),
+            program: None,
             env: vec![],
             workdir: None,
             timeout: Duration::from_secs(60),

@@ -81,7 +81,14 @@ pub async fn run(
         _ => path,
     };
 
-    let mut cmd = tokio::process::Command::new(program);
+    let mut cmd = match &exec.program {
+        Some(resolved) => {
+            let mut cmd = tokio::process::Command::new(resolved);
+            cmd.arg0(program);
+            cmd
+        }
+        None => tokio::process::Command::new(program),
+    };
     cmd.args(&exec.argv[1..])
         .env_clear()
         .env("PATH", path)

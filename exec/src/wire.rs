@@ -85,6 +85,7 @@ pub fn execution(req: &v1::ExecuteRequest) -> Result<Execution, String> {
     }
     Ok(Execution {
         argv: req.argv.clone(),
+        program: None,
         env: req
             .env
             .iter()
@@ -260,6 +261,7 @@ mod tests {
     fn an_execution_survives_the_round_trip() {
         let exec = Execution {
             argv: vec!["/bin/echo".into(), "a b".into()],
+            program: None,
             env: vec![EnvVar {
                 name: "T".into(),
                 value: "s".into(),

@@ -4,6 +4,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use mcpfier_common::tls::{self, Identity, Role, TlsFiles};
+use mcpfier_proto::v1::agent_client::AgentClient;
+
 use crate::build::mcpfier_agent;
 use crate::certs::Certs;
 use crate::process::Process;
@@ -57,5 +60,33 @@ impl Agent {
             process,
             addr,
         }
+    }
+}
+
+impl Agent {
+    /// A raw gRPC client for this agent holding the coordinator certificate `coord` from
+    /// `certs`: what an attacker with a stolen coordinator key has. Its channel lives on `rt`.
+    pub fn raw_client(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        certs: &Certs,
+    ) -> AgentClient<tonic::transport::Channel> {
+        let _guard = rt.enter();
+        let m = tls::load(&TlsFiles {
+            ca: certs.dir.join("ca.pem"),
+            cert: certs.dir.join("coord.pem"),
+            key: certs.dir.join("coord.key"),
+        })
+        .expect("load the coordinator certificate");
+        let config = tls::client_config_from(
+            m.roots,
+            Some((m.chain, m.key)),
+            Identity::new(Role::Agent, self.id.clone()),
+        )
+        .expect("a client TLS config");
+        let channel =
+            mcpfier_coordinator::fleet::channel(config, &self.addr, Duration::from_secs(2))
+                .expect("a channel");
+        AgentClient::new(channel)
     }
 }

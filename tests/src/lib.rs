@@ -25,7 +25,9 @@ pub use agent::Agent;
 pub use build::{MCP_PYPI_PIN, mcpfier, mcpfier_agent, python, workspace};
 pub use certs::Certs;
 pub use coordinator::Coordinator;
-pub use docker::{TEST_IMAGE, containers_with_label, test_image};
+pub use docker::{
+    TEST_IMAGE, TEST_IMAGE_WITHOUT_TMP, containers_with_label, test_image, test_image_without_tmp,
+};
 pub use etcd::EtcdServer;
 pub use http::{free_port, get_json, http_request};
 pub use mcp_client::{StdioRun, drive_http, drive_http_raw, drive_stdio, result_text};

@@ -5,16 +5,21 @@ use std::time::Duration;
 
 use mcpfier_tests::{
     Agent, Certs, Coordinator, Scratch, containers_with_label, drive_http, result_text as text,
-    test_image, wait_for,
+    test_image, test_image_without_tmp, wait_for,
 };
 use serde_json::{Value, json};
 
 const SECRET: &str = "s3cr3t-container-token";
 
 fn tools(image: &str) -> String {
+    let notmp = test_image_without_tmp();
     format!(
         r#"
 tools:
+  - name: scratch-tmp
+    description: An image with no /tmp of its own, run as nobody
+    command: [/bin/sh, -c, "echo hi > /tmp/x && cat /tmp/x && stat -c %a /tmp"]
+    container: {{image: "{notmp}", pull: never}}
   - name: whoami
     command: [/bin/id, -u]
     container: {{image: "{image}", pull: never}}
@@ -127,6 +132,14 @@ fn inside_the_container_the_caller_is_nobody_without_capabilities_network_or_a_w
     for tool in ["whoami", "write-root", "interfaces", "caps"] {
         assert_no_containers(tool);
     }
+}
+
+#[test]
+fn an_image_without_its_own_tmp_gets_a_tmp_everyone_can_write() {
+    let (_s, c) = embedded();
+    let r = call(&c, "scratch-tmp");
+    assert_eq!(stdout(&r), "hi\n1777\n", "{r}");
+    assert_no_containers("scratch-tmp");
 }
 
 #[test]
@@ -296,6 +309,7 @@ fn container_calls_run_through_an_agent_over_mutual_tls() {
         ["lo"]
     );
     assert_eq!(call(&c, "write-root")["is_error"], true);
+    assert_eq!(stdout(&call(&c, "scratch-tmp")), "hi\n1777\n");
     let r = call(&c, "sleeper");
     assert_eq!(r["structured_content"]["timed_out"], true, "{r}");
     assert_no_containers("whoami");

@@ -6,4 +6,5 @@ mod container;
 mod fleet;
 mod mcp;
 mod membership;
+mod policy;
 mod tidy;
