@@ -114,7 +114,11 @@ pub async fn serve(
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(AgentServer::new(service))
+        .add_service(
+            AgentServer::new(service)
+                .max_decoding_message_size(mcpfier_proto::MAX_MESSAGE)
+                .max_encoding_message_size(mcpfier_proto::MAX_MESSAGE),
+        )
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown.cancelled())
         .await
         .context("serve gRPC");

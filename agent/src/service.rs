@@ -186,8 +186,18 @@ impl agent_server::Agent for AgentService {
                 );
                 let executor = self.executor.clone();
                 let (call_id, tool) = (req.call_id.clone(), req.tool.clone());
+                let in_chunks = mcpfier_proto::streams_output(&req.protocol_version);
                 self.tasks.spawn(
-                    run(self.calls.clone(), call, exec, executor, call_id, tool).instrument(span),
+                    run(
+                        self.calls.clone(),
+                        call,
+                        exec,
+                        executor,
+                        call_id,
+                        tool,
+                        in_chunks,
+                    )
+                    .instrument(span),
                 );
                 Ok(Response::new(Box::pin(stream)))
             }
@@ -239,6 +249,7 @@ async fn run(
     executor: Executor,
     call_id: String,
     tool: String,
+    in_chunks: bool,
 ) {
     info!("call accepted");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -246,7 +257,9 @@ async fn run(
         let call = call.clone();
         async move {
             while let Some(event) = rx.recv().await {
-                call.push(wire::event(event));
+                for e in wire::events(event) {
+                    call.push(e);
+                }
             }
         }
     };
@@ -261,7 +274,7 @@ async fn run(
                 duration_ms = outcome.duration.as_millis() as u64,
                 "call finished"
             );
-            wire::finished(&outcome)
+            wire::finished(&outcome, in_chunks)
         }
         Err(e) => {
             warn!(error = %e, kind = %e.kind(), "call could not start");

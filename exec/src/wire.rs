@@ -11,7 +11,7 @@ use mcpfier_proto::v1::execute_event;
 
 use crate::error::ErrorKind;
 use crate::model::{
-    BindMount, Chunk, ContainerSpec, EnvVar, Event, Execution, Outcome, Pull, Stream,
+    BindMount, Captured, Chunk, ContainerSpec, EnvVar, Event, Execution, Outcome, Pull, Stream,
 };
 
 /// gRPC metadata key naming the [`ErrorKind`] of a refusal.
@@ -141,17 +141,33 @@ pub fn execution(req: &v1::ExecuteRequest) -> Result<Execution, String> {
     })
 }
 
-/// The protocol event for an engine event.
-pub fn event(event: Event) -> execute_event::Event {
+/// The protocol events for an engine event: output is split into chunks of at most
+/// [`MAX_CHUNK`](mcpfier_proto::MAX_CHUNK) bytes.
+pub fn events(event: Event) -> Vec<execute_event::Event> {
     match event {
-        Event::Started { pid } => execute_event::Event::Started(v1::Started { pid }),
-        Event::Output(chunk) => execute_event::Event::Output(v1::OutputChunk {
-            stream: match chunk.stream {
+        Event::Started { pid } => vec![execute_event::Event::Started(v1::Started { pid })],
+        Event::Output(chunk) => {
+            let stream = match chunk.stream {
                 Stream::Stdout => v1::OutputStream::Stdout as i32,
                 Stream::Stderr => v1::OutputStream::Stderr as i32,
-            },
-            data: chunk.data,
-        }),
+            };
+            if chunk.data.len() <= mcpfier_proto::MAX_CHUNK {
+                return vec![execute_event::Event::Output(v1::OutputChunk {
+                    stream,
+                    data: chunk.data,
+                })];
+            }
+            chunk
+                .data
+                .chunks(mcpfier_proto::MAX_CHUNK)
+                .map(|data| {
+                    execute_event::Event::Output(v1::OutputChunk {
+                        stream,
+                        data: data.to_vec(),
+                    })
+                })
+                .collect()
+        }
     }
 }
 
@@ -202,23 +218,66 @@ pub fn finished_error(kind: ErrorKind, message: impl Into<String>) -> v1::Finish
     }
 }
 
-/// What a final event reports: the outcome, or why nothing ran. A peer of protocol 1.0 sends
-/// no kind with its error; its errors were all start failures.
-pub fn finished_result(f: v1::Finished) -> Result<Outcome, (ErrorKind, String)> {
+/// A call's output as its `OutputChunk` events carry it, for a `Finished` with
+/// `output_in_chunks`; each stream keeps at most the call's `max_output`, whatever the agent
+/// sends.
+pub struct Collected {
+    max: u64,
+    stdout: Captured,
+    stderr: Captured,
+}
+
+impl Collected {
+    /// Nothing collected yet; keeps at most `max` bytes per stream.
+    pub fn new(max: u64) -> Collected {
+        Collected {
+            max,
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+        }
+    }
+
+    /// Adds one chunk's bytes to its stream.
+    pub fn push(&mut self, chunk: &v1::OutputChunk) {
+        let stream = if chunk.stream == v1::OutputStream::Stderr as i32 {
+            &mut self.stderr
+        } else {
+            &mut self.stdout
+        };
+        stream.take(&chunk.data, self.max);
+    }
+}
+
+/// What a final event reports: the outcome, or why nothing ran. The output is `collected`
+/// when the agent sent it in chunks only (1.2), else the event's own. A peer of protocol 1.0
+/// sends no kind with its error; its errors were all start failures.
+pub fn finished_result(
+    mut f: v1::Finished,
+    collected: Collected,
+) -> Result<Outcome, (ErrorKind, String)> {
     if f.error.is_empty() {
+        if f.output_in_chunks {
+            f.stdout = collected.stdout.data;
+            f.stderr = collected.stderr.data;
+            f.stdout_truncated |= collected.stdout.truncated;
+            f.stderr_truncated |= collected.stderr.truncated;
+        }
         return Ok(outcome(f));
     }
     let kind = f.error_kind.parse().unwrap_or(ErrorKind::StartFailed);
     Err((kind, f.error))
 }
 
-/// The final event for an outcome.
-pub fn finished(outcome: &Outcome) -> v1::Finished {
+/// The final event for an outcome. With `in_chunks` (a 1.2 coordinator) the output is left
+/// out: the call's output events carried all of it.
+pub fn finished(outcome: &Outcome, in_chunks: bool) -> v1::Finished {
+    let bytes = |b: &Vec<u8>| if in_chunks { Vec::new() } else { b.clone() };
     v1::Finished {
         exit_code: outcome.exit_code,
         signal: outcome.signal,
-        stdout: outcome.stdout.clone(),
-        stderr: outcome.stderr.clone(),
+        stdout: bytes(&outcome.stdout),
+        stderr: bytes(&outcome.stderr),
+        output_in_chunks: in_chunks,
         stdout_truncated: outcome.stdout_truncated,
         stderr_truncated: outcome.stderr_truncated,
         timed_out: outcome.timed_out,
@@ -287,7 +346,7 @@ mod tests {
             stream: Stream::Stderr,
             data: b"x".to_vec(),
         });
-        match event(chunk) {
+        match events(chunk).remove(0) {
             execute_event::Event::Output(c) => match output(c) {
                 Event::Output(back) => {
                     assert_eq!(back.stream, Stream::Stderr);
@@ -297,7 +356,7 @@ mod tests {
             },
             other => panic!("{other:?}"),
         }
-        match event(Event::Started { pid: 7 }) {
+        match events(Event::Started { pid: 7 }).remove(0) {
             execute_event::Event::Started(s) => {
                 assert!(matches!(started(&s), Event::Started { pid: 7 }))
             }
@@ -322,7 +381,7 @@ mod tests {
     fn a_start_error_keeps_its_kind() {
         let f = finished_error(ErrorKind::ImageMissing, "image `x` is not present");
         assert_eq!(
-            finished_result(f).unwrap_err(),
+            finished_result(f, Collected::new(1 << 30)).unwrap_err(),
             (ErrorKind::ImageMissing, "image `x` is not present".into())
         );
         // A 1.0 agent sent only the text.
@@ -330,12 +389,62 @@ mod tests {
             error: "could not start".into(),
             ..Default::default()
         };
-        assert_eq!(finished_result(old).unwrap_err().0, ErrorKind::StartFailed);
-        let ok = finished(&Outcome {
-            exit_code: Some(3),
+        assert_eq!(
+            finished_result(old, Collected::new(1 << 30)).unwrap_err().0,
+            ErrorKind::StartFailed
+        );
+        let ok = finished(
+            &Outcome {
+                exit_code: Some(3),
+                ..Outcome::default()
+            },
+            true,
+        );
+        assert_eq!(
+            finished_result(ok, Collected::new(1 << 30))
+                .unwrap()
+                .exit_code,
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn big_output_crosses_in_chunks_and_no_message_grows_with_it() {
+        use prost::Message;
+        let data = vec![b'x'; 8 << 20];
+        let outcome = Outcome {
+            exit_code: Some(0),
+            stdout: data.clone(),
             ..Outcome::default()
-        });
-        assert_eq!(finished_result(ok).unwrap().exit_code, Some(3));
+        };
+        let mut collected = Collected::new(8 << 20);
+        let chunks = events(Event::Output(Chunk {
+            stream: Stream::Stdout,
+            data,
+        }));
+        assert_eq!(chunks.len(), 8);
+        for event in chunks {
+            let execute_event::Event::Output(chunk) = event else {
+                panic!("not output")
+            };
+            assert!(chunk.encoded_len() <= mcpfier_proto::MAX_CHUNK + 16);
+            collected.push(&chunk);
+        }
+        let f = finished(&outcome, true);
+        assert!(
+            f.encoded_len() < 64,
+            "Finished is {} bytes",
+            f.encoded_len()
+        );
+        assert_eq!(
+            finished_result(f, collected).unwrap().stdout,
+            outcome.stdout
+        );
+        // A 1.1 coordinator still gets the output in Finished.
+        let old = finished(&outcome, false);
+        assert_eq!(old.stdout.len(), 8 << 20);
+        assert!(!mcpfier_proto::streams_output("1.1"));
+        assert!(mcpfier_proto::streams_output("1.2") && mcpfier_proto::streams_output("2.0"));
     }
 
     #[test]

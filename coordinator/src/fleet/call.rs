@@ -86,6 +86,7 @@ impl Fleet {
             }
             debug!(agent = %agent.id, call_id = %call_id, "accepted");
             let deadline = tokio::time::Instant::from_std(started + budget);
+            let mut collected = wire::Collected::new(exec.max_output);
             let lost = loop {
                 let next = tokio::select! {
                     n = tokio::time::timeout_at(deadline, stream.next()) => n,
@@ -113,12 +114,13 @@ impl Fleet {
                         }
                     }
                     Some(execute_event::Event::Output(chunk)) => {
+                        collected.push(&chunk);
                         if let Some(tx) = &events {
                             let _ = tx.send(wire::output(chunk));
                         }
                     }
                     Some(execute_event::Event::Finished(f)) => {
-                        return match wire::finished_result(f) {
+                        return match wire::finished_result(f, collected) {
                             Ok(outcome) => Ok(Ran {
                                 outcome,
                                 agent: agent.id.clone(),

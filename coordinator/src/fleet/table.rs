@@ -41,7 +41,9 @@ impl Fleet {
             id: id.to_owned(),
             address: address.to_owned(),
             source,
-            client: AgentClient::new(channel(config, address, self.connect_timeout)?),
+            client: AgentClient::new(channel(config, address, self.connect_timeout)?)
+                .max_decoding_message_size(mcpfier_proto::MAX_MESSAGE)
+                .max_encoding_message_size(mcpfier_proto::MAX_MESSAGE),
             status: RwLock::new(Status::default()),
             inflight: AtomicU32::new(0),
             changes: self.changes.clone(),

@@ -8,8 +8,8 @@ use futures::StreamExt;
 use mcpfier_common::tls::{self, Identity, Role, TlsFiles};
 use mcpfier_proto::v1::{self, agent_client::AgentClient, execute_event::Event};
 use mcpfier_tests::{
-    Agent, Certs, Coordinator, Scratch, assert_all_gone, drive_http, drive_http_raw, read_pids,
-    result_text as text,
+    Agent, Certs, Coordinator, Scratch, assert_all_gone, drive_http, drive_http_raw, drive_stdio,
+    read_pids, result_text as text,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -48,6 +48,10 @@ tools:
     params: {tag: {type: string, pattern: "^[a-z]+$"}}
     annotations: {idempotent: true}
     timeout: 30s
+  - name: big
+    description: 8 MiB of output, twice tonic's default message limit
+    command: ["/bin/sh", "-c", "head -c 8388608 /dev/zero | tr '\\0' x"]
+    max_output: 8MiB
 "#;
 
 impl Cluster {
@@ -543,4 +547,43 @@ fn sighup_reloads_the_agent_certificates() {
         info(&mut after).is_err(),
         "a certificate from the old CA was still accepted"
     );
+}
+
+#[test]
+fn eight_mebibytes_of_output_cross_the_wire_and_the_agent_stays_routable() {
+    let c = Cluster::start();
+    // Over stdio: the Python SDK's HTTP client caps one SSE event at 1 MiB, a limit of that
+    // client, not of the agent protocol under test.
+    let config = c.scratch.path().join("mcpfier.yaml");
+    let ops = json!([
+        {"op": "call", "name": "big", "arguments": {}},
+        {"op": "call", "name": "big", "arguments": {}}
+    ]);
+    for r in drive_stdio(&config, &[], &[], ops).results {
+        let out = r["structured_content"]["stdout"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(
+            out.len(),
+            8 << 20,
+            "is_error {}: {}",
+            r["is_error"],
+            text(&r)
+        );
+        assert!(out.bytes().all(|b| b == b'x'));
+        assert_eq!(r["structured_content"]["truncated"], false, "{}", text(&r));
+        assert_eq!(r["structured_content"]["agent"], "a1");
+    }
+    // Both agents are still in routing: calls spread over them.
+    let agents: std::collections::BTreeSet<String> = (0..6)
+        .map(|i| {
+            let r = c.call("echo", json!({"m": format!("m{i}")}));
+            assert_eq!(r["is_error"], false, "{r}");
+            r["structured_content"]["agent"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(agents.len(), 2, "{agents:?}");
 }
