@@ -166,6 +166,22 @@ impl Calls {
         Start::New(call)
     }
 
+    /// Remembers `id` as cancelled before it arrived (a coordinator gave up on a call it sent
+    /// over a stalled connection), so an `Execute` delivered later attaches to this record
+    /// instead of running. Returns false when the call is known already.
+    pub fn cancel_unknown(&self, id: &str, accepted: v1::Accepted, finished: v1::Finished) -> bool {
+        let mut map = self.lock();
+        if map.contains_key(id) {
+            return false;
+        }
+        let call = Call::new();
+        call.push(Event::Accepted(accepted));
+        call.push(Event::Finished(finished));
+        call.cancel.cancel();
+        map.insert(id.to_owned(), call);
+        true
+    }
+
     /// Records `call`'s final event; it no longer counts as running.
     pub fn finish(&self, call: &Call, finished: v1::Finished) {
         if !call.is_finished() {
@@ -247,6 +263,22 @@ mod tests {
             calls.start("c", 1, accepted()),
             Start::Existing(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_before_it_arrived_never_starts() {
+        let calls = Calls::default();
+        assert!(calls.cancel_unknown("late", accepted(), v1::Finished::default()));
+        assert!(matches!(
+            calls.start("late", 1, accepted()),
+            Start::Existing(_)
+        ));
+        assert_eq!(calls.running(), 0);
+        // A known call is not replaced.
+        let Start::New(_) = calls.start("known", 1, accepted()) else {
+            panic!("a new call")
+        };
+        assert!(!calls.cancel_unknown("known", accepted(), v1::Finished::default()));
     }
 
     #[tokio::test]

@@ -215,7 +215,21 @@ impl agent_server::Agent for AgentService {
                 call.cancel.cancel();
                 true
             }
-            _ => false,
+            Some(_) => false,
+            None => {
+                let accepted = v1::Accepted {
+                    agent_id: self.config.id.clone(),
+                    attached: false,
+                };
+                let finished = wire::finished_error(
+                    ErrorKind::Cancelled,
+                    "cancelled by the coordinator before the call arrived",
+                );
+                if self.calls.cancel_unknown(&id, accepted, finished) {
+                    info!(call_id = %id, "cancel for a call not seen yet: it will not run");
+                }
+                false
+            }
         };
         Ok(Response::new(CancelResponse { found }))
     }

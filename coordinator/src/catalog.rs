@@ -77,6 +77,8 @@ pub struct FleetSettings {
     pub health_interval: Duration,
     /// How long dialing an agent may take.
     pub connect_timeout: Duration,
+    /// How long a sent call may wait for the agent to accept it.
+    pub accept_timeout: Duration,
 }
 
 /// One tool, ready to turn arguments into an [`Execution`].
@@ -367,12 +369,19 @@ fn build_fleet(
             "must be more than zero",
         ));
     }
+    if section.accept_timeout.get().is_zero() {
+        problems.push(Problem::new(
+            "fleet.accept_timeout",
+            "must be more than zero",
+        ));
+    }
     FleetSettings {
         tls,
         agents: section.agents.clone(),
         etcd: section.etcd.clone(),
         health_interval: section.health_interval.get(),
         connect_timeout: section.connect_timeout.get(),
+        accept_timeout: section.accept_timeout.get(),
     }
 }
 

@@ -91,12 +91,20 @@ pub struct FleetSection {
     /// How long connecting to an agent may take (default 2s).
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
+    /// How long an agent may take to accept a call once it was sent (default 2s). Past it the
+    /// call's outcome is unknown (the agent may still start it): it ends as `agent_lost`,
+    /// unless the tool is idempotent.
+    #[serde(default = "default_accept_timeout")]
+    pub accept_timeout: HumanDuration,
 }
 
 fn default_health_interval() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(1))
 }
 fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(2))
+}
+fn default_accept_timeout() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(2))
 }
 

@@ -5,10 +5,11 @@
 //! with the fewest running calls relative to its capacity (ties rotate). One HTTP/2
 //! connection per agent, reused by every call.
 //!
-//! Semantics: before an agent accepts a call, any failure moves the call to another agent.
-//! After it accepted, the call is never run twice: if the agent is lost, the call ends with
-//! an error naming the agent and saying the outcome is unknown — unless the tool is
-//! `idempotent: true`, which is retried once on another agent within its timeout.
+//! Semantics: a call moves to another agent only when nothing can have run on the first (a
+//! typed refusal, or a connection that could not be made). Once the request was written, any
+//! loss ends the call with an error naming the agent and saying the outcome is unknown —
+//! unless the tool is `idempotent: true`, which is retried once on another agent within its
+//! timeout. docs/fleet.md has the table.
 
 mod agent;
 mod call;
@@ -100,6 +101,7 @@ pub struct Fleet {
     rotate: AtomicUsize,
     material: tls::Material,
     connect_timeout: Duration,
+    accept_timeout: Duration,
     changes: Arc<watch::Sender<u64>>,
     etcd: RwLock<EtcdView>,
 }
@@ -127,6 +129,7 @@ impl Fleet {
             rotate: AtomicUsize::new(0),
             material,
             connect_timeout: settings.connect_timeout,
+            accept_timeout: settings.accept_timeout,
             changes: Arc::new(watch::channel(0).0),
             etcd: RwLock::new(EtcdView {
                 configured: settings.etcd.is_some(),

@@ -7,7 +7,8 @@
 //!
 //! One module per role: `build` (the binaries and the Python), `process` (temp dirs, processes,
 //! deadlines), `coordinator`, `agent`, `certs`, `etcd`, `mcp_client` (the Python MCP driver),
-//! `http` and `docker`. Everything is re-exported here, so tests name `mcpfier_tests::X`.
+//! `http`, `docker` and `proxy` (a TCP relay that stalls or cuts connections on demand).
+//! Everything is re-exported here, so tests name `mcpfier_tests::X`.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ mod etcd;
 mod http;
 mod mcp_client;
 mod process;
+mod proxy;
 
 pub use agent::Agent;
 pub use build::{MCP_PYPI_PIN, mcpfier, mcpfier_agent, python, workspace};
@@ -32,3 +34,4 @@ pub use etcd::EtcdServer;
 pub use http::{free_port, get_json, http_request};
 pub use mcp_client::{StdioRun, drive_http, drive_http_raw, drive_stdio, result_text};
 pub use process::{Process, Scratch, alive, assert_all_gone, mcpfier_cli, read_pids, wait_for};
+pub use proxy::{Direction, Proxy};

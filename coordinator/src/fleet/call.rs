@@ -1,6 +1,11 @@
-//! The call protocol: send `Execute` to the chosen agent, wait for it to accept, follow its
-//! events to the result. Before acceptance a failure moves the call to another agent; after
-//! it, the call is never run twice (an idempotent tool is retried once, with a new call id).
+//! The call protocol: send `Execute` to the chosen agent, wait (within the accept timeout) for
+//! it to accept, follow its events to the result.
+//!
+//! Invariant: a call goes to a second agent only when nothing can have run on the first: the
+//! first refused it with a typed refusal before starting, or the request never left (the
+//! connection could not be made). Any other failure once the request was written leaves the
+//! outcome unknown and ends the call as `agent_lost`, except for an idempotent tool, which
+//! gets one retry with a new call id. The table in docs/fleet.md says the same.
 
 use std::time::{Duration, Instant};
 
@@ -11,10 +16,22 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::agent::Inflight;
-use super::channel::status_text;
+use super::agent::{Agent, Inflight};
+use super::channel::{never_sent, status_text};
 use super::{Error, Fleet, LOST_AFTER, RPC_TIMEOUT, Ran};
 use crate::catalog::Tool;
+
+/// How one attempt on one agent ended.
+enum Attempt {
+    /// The agent said, with a typed refusal, that it did not start the call.
+    Refused { kind: ErrorKind, why: String },
+    /// The request never left: the connection could not be made.
+    NotSent(String),
+    /// The request was written and then the agent was lost: it may have run.
+    Lost(String),
+    /// The call ended: its result, or the agent's report that it could not start, or a cancel.
+    Done(Result<Ran, Error>),
+}
 
 impl Fleet {
     /// Runs `exec` for `tool` on an agent. Output goes to `events` as it arrives.
@@ -27,127 +44,205 @@ impl Fleet {
         cancel: CancellationToken,
     ) -> Result<Ran, Error> {
         let started = Instant::now();
-        let budget = exec.timeout + exec.kill_grace + LOST_AFTER;
+        // Trying agents that refuse ends within the tool's timeout.
+        let give_up = started + exec.timeout;
         let mut tried: Vec<String> = Vec::new();
         let mut refusals: Vec<String> = Vec::new();
-        let mut retried = false;
+        let mut lost: Option<(String, String, String)> = None;
         let mut call_id = uuid::Uuid::new_v4().to_string();
         loop {
             let Some(agent) = self.pick(tool, &tried) else {
-                return Err(if tried.is_empty() {
-                    self.no_agent(&tool.placement)
-                } else {
-                    Error::NotAccepted(refusals.join("; "))
+                return Err(match lost {
+                    Some((agent, call_id, why)) => Error::AgentLost {
+                        agent,
+                        call_id,
+                        why: format!("{why}; no other agent could take the idempotent retry"),
+                    },
+                    None if tried.is_empty() => self.no_agent(&tool.placement),
+                    None => Error::NotAccepted(refusals.join("; ")),
                 });
             };
+            if Instant::now() >= give_up {
+                refusals.push(format!(
+                    "gave up after {} (the tool's timeout) with agents left to try",
+                    humantime::format_duration(exec.timeout)
+                ));
+                return Err(Error::NotAccepted(refusals.join("; ")));
+            }
             tried.push(agent.id.clone());
-            let _inflight = Inflight::new(agent.clone());
-            let request = wire::request(exec, &call_id, request_id, &tool.name);
-            let mut client = agent.client.clone();
-            let response = tokio::select! {
-                r = client.execute(request) => r,
-                () = cancel.cancelled() => return Err(Error::Cancelled),
-            };
-            let mut stream = match response {
-                Ok(r) => r.into_inner(),
-                Err(status) => {
-                    let text = status_text(&status);
-                    let kind = wire::refusal_kind(&status);
-                    agent.refused(kind, &text);
-                    debug!(agent = %agent.id, kind = kind.map_or("transport", ErrorKind::as_str), "not accepted");
-                    refusals.push(format!("agent `{}`: {text}", agent.id));
-                    continue;
+            let attempt = self
+                .attempt(
+                    &agent, tool, exec, &call_id, request_id, started, &events, &cancel,
+                )
+                .await;
+            match attempt {
+                Attempt::Done(result) => return result,
+                Attempt::Refused { kind, why } => {
+                    agent.refused(Some(kind), &why);
+                    debug!(agent = %agent.id, %kind, "refused");
+                    refusals.push(format!("agent `{}`: {why}", agent.id));
+                    if !kind.try_elsewhere() {
+                        return Err(Error::Start {
+                            agent: agent.id.clone(),
+                            kind,
+                            message: why,
+                        });
+                    }
                 }
-            };
-            // Wait for the agent to accept.
-            let first = tokio::select! {
-                r = tokio::time::timeout(RPC_TIMEOUT + Duration::from_secs(3), stream.next()) => r,
-                () = cancel.cancelled() => return Err(Error::Cancelled),
-            };
-            match first {
-                Ok(Some(Ok(v1::ExecuteEvent {
-                    event: Some(execute_event::Event::Accepted(_)),
-                }))) => {}
-                Ok(Some(Err(status))) => {
-                    let text = status_text(&status);
-                    agent.refused(wire::refusal_kind(&status), &text);
-                    refusals.push(format!("agent `{}`: {text}", agent.id));
-                    continue;
-                }
-                other => {
-                    let why = match other {
-                        Err(_) => "no answer".to_owned(),
-                        _ => "the stream ended before the call was accepted".to_owned(),
-                    };
+                Attempt::NotSent(why) => {
                     agent.mark_failed(&why);
                     refusals.push(format!("agent `{}`: {why}", agent.id));
-                    continue;
+                }
+                Attempt::Lost(why) => {
+                    agent.mark_failed(&why);
+                    // The agent may still start it (a stalled connection delivers it later):
+                    // ask it not to, in case it is there to hear.
+                    self.cancel_remote(&agent, &call_id);
+                    let time_left = started.elapsed() + Duration::from_millis(500) < exec.timeout;
+                    if tool.idempotent() && lost.is_none() && time_left {
+                        warn!(agent = %agent.id, call_id = %call_id, why = %why, "agent lost; retrying the idempotent call on another agent");
+                        lost = Some((agent.id.clone(), call_id, why));
+                        call_id = uuid::Uuid::new_v4().to_string();
+                        continue;
+                    }
+                    return Err(Error::AgentLost {
+                        agent: agent.id.clone(),
+                        call_id,
+                        why,
+                    });
                 }
             }
-            debug!(agent = %agent.id, call_id = %call_id, "accepted");
-            let deadline = tokio::time::Instant::from_std(started + budget);
-            let mut collected = wire::Collected::new(exec.max_output);
-            let lost = loop {
-                let next = tokio::select! {
-                    n = tokio::time::timeout_at(deadline, stream.next()) => n,
-                    () = cancel.cancelled() => {
-                        let mut client = agent.client.clone();
-                        let id = call_id.clone();
-                        self.tasks.spawn(async move {
-                            let _ = tokio::time::timeout(RPC_TIMEOUT, client.cancel(v1::CancelRequest { call_id: id })).await;
-                        });
-                        return Err(Error::Cancelled);
-                    }
+        }
+    }
+
+    /// Sends `Cancel` for `call_id` to `agent`, in the background.
+    fn cancel_remote(&self, agent: &Agent, call_id: &str) {
+        let mut client = agent.client.clone();
+        let id = call_id.to_owned();
+        self.tasks.spawn(async move {
+            let _ = tokio::time::timeout(
+                RPC_TIMEOUT,
+                client.cancel(v1::CancelRequest { call_id: id }),
+            )
+            .await;
+        });
+    }
+
+    /// One attempt of the call on `agent`.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        agent: &std::sync::Arc<Agent>,
+        tool: &Tool,
+        exec: &Execution,
+        call_id: &str,
+        request_id: &str,
+        started: Instant,
+        events: &Option<UnboundedSender<Event>>,
+        cancel: &CancellationToken,
+    ) -> Attempt {
+        let _inflight = Inflight::new(agent.clone());
+        let request = wire::request(exec, call_id, request_id, &tool.name);
+        let mut client = agent.client.clone();
+        let accept_by = tokio::time::Instant::now() + self.accept_timeout;
+        let not_accepted = || {
+            format!(
+                "sent, but not accepted within {} (fleet.accept_timeout)",
+                humantime::format_duration(self.accept_timeout)
+            )
+        };
+        let response = tokio::select! {
+            r = tokio::time::timeout_at(accept_by, client.execute(request)) => r,
+            () = cancel.cancelled() => {
+                self.cancel_remote(agent, call_id);
+                return Attempt::Done(Err(Error::Cancelled));
+            }
+        };
+        let mut stream = match response {
+            Err(_) => return Attempt::Lost(not_accepted()),
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => {
+                let why = status_text(&status);
+                return match wire::refusal_kind(&status) {
+                    Some(kind) => Attempt::Refused { kind, why },
+                    None if never_sent(&status) => Attempt::NotSent(why),
+                    None => Attempt::Lost(why),
                 };
-                let event = match next {
-                    Err(_) => break "no result within the call's timeout".to_owned(),
-                    Ok(None) => break "the stream ended without a result".to_owned(),
-                    Ok(Some(Err(status))) => {
-                        break format!("stream failed: {}", status_text(&status));
-                    }
-                    Ok(Some(Ok(event))) => event,
+            }
+        };
+        let first = tokio::select! {
+            r = tokio::time::timeout_at(accept_by, stream.next()) => r,
+            () = cancel.cancelled() => {
+                self.cancel_remote(agent, call_id);
+                return Attempt::Done(Err(Error::Cancelled));
+            }
+        };
+        match first {
+            Ok(Some(Ok(v1::ExecuteEvent {
+                event: Some(execute_event::Event::Accepted(_)),
+            }))) => {}
+            Ok(Some(Err(status))) => {
+                let why = status_text(&status);
+                return match wire::refusal_kind(&status) {
+                    Some(kind) => Attempt::Refused { kind, why },
+                    None => Attempt::Lost(why),
                 };
-                match event.event {
-                    Some(execute_event::Event::Started(s)) => {
-                        if let Some(tx) = &events {
-                            let _ = tx.send(wire::started(&s));
-                        }
-                    }
-                    Some(execute_event::Event::Output(chunk)) => {
-                        collected.push(&chunk);
-                        if let Some(tx) = &events {
-                            let _ = tx.send(wire::output(chunk));
-                        }
-                    }
-                    Some(execute_event::Event::Finished(f)) => {
-                        return match wire::finished_result(f, collected) {
-                            Ok(outcome) => Ok(Ran {
-                                outcome,
-                                agent: agent.id.clone(),
-                            }),
-                            Err((kind, message)) => Err(Error::Start {
-                                agent: agent.id.clone(),
-                                kind,
-                                message,
-                            }),
-                        };
-                    }
-                    Some(execute_event::Event::Accepted(_)) | None => {}
+            }
+            Ok(Some(Ok(_))) => {
+                return Attempt::Lost("the agent sent events before accepting the call".into());
+            }
+            Ok(None) => {
+                return Attempt::Lost("the stream ended before the call was accepted".into());
+            }
+            Err(_) => return Attempt::Lost(not_accepted()),
+        }
+        debug!(agent = %agent.id, call_id = %call_id, "accepted");
+        let budget = exec.timeout + exec.kill_grace + LOST_AFTER;
+        let deadline = tokio::time::Instant::from_std(started + budget);
+        let mut collected = wire::Collected::new(exec.max_output);
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout_at(deadline, stream.next()) => n,
+                () = cancel.cancelled() => {
+                    self.cancel_remote(agent, call_id);
+                    return Attempt::Done(Err(Error::Cancelled));
                 }
             };
-            agent.mark_failed(&lost);
-            let time_left = started.elapsed() + Duration::from_millis(500) < exec.timeout;
-            if tool.idempotent() && !retried && time_left {
-                warn!(agent = %agent.id, call_id = %call_id, why = %lost, "agent lost; retrying the idempotent call on another agent");
-                retried = true;
-                call_id = uuid::Uuid::new_v4().to_string();
-                continue;
+            let event = match next {
+                Err(_) => return Attempt::Lost("no result within the call's timeout".into()),
+                Ok(None) => return Attempt::Lost("the stream ended without a result".into()),
+                Ok(Some(Err(status))) => {
+                    return Attempt::Lost(format!("stream failed: {}", status_text(&status)));
+                }
+                Ok(Some(Ok(event))) => event,
+            };
+            match event.event {
+                Some(execute_event::Event::Started(s)) => {
+                    if let Some(tx) = events {
+                        let _ = tx.send(wire::started(&s));
+                    }
+                }
+                Some(execute_event::Event::Output(chunk)) => {
+                    collected.push(&chunk);
+                    if let Some(tx) = events {
+                        let _ = tx.send(wire::output(chunk));
+                    }
+                }
+                Some(execute_event::Event::Finished(f)) => {
+                    return Attempt::Done(match wire::finished_result(f, collected) {
+                        Ok(outcome) => Ok(Ran {
+                            outcome,
+                            agent: agent.id.clone(),
+                        }),
+                        Err((kind, message)) => Err(Error::Start {
+                            agent: agent.id.clone(),
+                            kind,
+                            message,
+                        }),
+                    });
+                }
+                Some(execute_event::Event::Accepted(_)) | None => {}
             }
-            return Err(Error::AgentLost {
-                agent: agent.id.clone(),
-                call_id,
-                why: lost,
-            });
         }
     }
 }

@@ -9,6 +9,19 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint};
 
+/// Whether a failed call never left this process: the connection to the agent could not be
+/// made, so no byte of the request reached it. Anything else may have reached it.
+pub(super) fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// A status with the chain of causes behind it (TLS refusals hide in there).
 pub(super) fn status_text(status: &tonic::Status) -> String {
     let mut text = status.message().to_owned();
@@ -37,11 +50,26 @@ pub fn channel(
         let connector = connector.clone();
         let address = address_for_dial.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect(&address).await?;
-            tcp.set_nodelay(true)?;
-            // The name is not checked: the verifier checks the agent's identity instead.
-            let name = ServerName::try_from("agent.mcpfier.invalid").expect("a valid DNS name");
-            let tls = connector.connect(name, tcp).await?;
+            // TCP and TLS together within the timeout, so a peer that accepts TCP and never
+            // speaks TLS (a tarpit) fails as a connect error: the call certainly never left.
+            let dial = async {
+                let tcp = tokio::net::TcpStream::connect(&address).await?;
+                tcp.set_nodelay(true)?;
+                // The name is not checked: the verifier checks the agent's identity instead.
+                let name = ServerName::try_from("agent.mcpfier.invalid").expect("a valid DNS name");
+                connector.connect(name, tcp).await
+            };
+            let tls = tokio::time::timeout(connect_timeout, dial)
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no TLS connection within {}",
+                            humantime::format_duration(connect_timeout)
+                        ),
+                    )
+                })??;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });

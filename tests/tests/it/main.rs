@@ -3,6 +3,7 @@
 
 mod cli;
 mod container;
+mod dispatch;
 mod fleet;
 mod mcp;
 mod membership;
