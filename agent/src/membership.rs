@@ -5,10 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mcpfier_common::membership::{AgentRecord, Error, Etcd, now_ms};
+use std::collections::VecDeque;
+
+use mcpfier_common::membership::{AgentRecord, ETCD_TIMEOUT, Error, Etcd, EventType, now_ms};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::calls::Calls;
 use crate::config::{EtcdSection, OnLeaseLoss};
@@ -18,6 +20,8 @@ use crate::service::Admission;
 const MIN_UPDATE_GAP: Duration = Duration::from_millis(300);
 /// Pause between attempts while etcd is unreachable.
 const RETRY: Duration = Duration::from_millis(250);
+/// How often the lease clock is read to log a lapse (admission reads it on every call).
+const FENCE_CHECK: Duration = Duration::from_millis(100);
 
 /// What the registration loop is set up with.
 pub struct Options {
@@ -89,6 +93,29 @@ pub fn initial_record(
     }
 }
 
+/// Logs an etcd outage once when it starts and once when it ends, not on every retry.
+#[derive(Default)]
+struct Outage {
+    since: Option<Instant>,
+}
+
+impl Outage {
+    fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            warn!(error = %error, "{what}; retrying until etcd answers (logged once per outage)");
+        } else {
+            debug!(error = %error, "{what}; retrying");
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(since) = self.since.take() {
+            info!(after = ?since.elapsed(), "etcd answers again");
+        }
+    }
+}
+
 impl Membership {
     fn current(&self) -> AgentRecord {
         let mut r = self.record.clone();
@@ -98,74 +125,111 @@ impl Membership {
         r
     }
 
-    fn check_fence(&self, last_renewed: Instant, ttl: Duration) {
-        if last_renewed.elapsed() > ttl && !self.admission.fenced() {
-            error!(
-                after = ?last_renewed.elapsed(),
-                on_lease_loss = ?self.on_lease_loss,
-                "etcd lease not renewed within its TTL; taking no calls until it is"
-            );
-            self.admission.set_fenced(true);
-            if self.on_lease_loss == OnLeaseLoss::Kill {
-                self.calls.cancel_all();
-            }
-        }
-    }
-
     /// Runs until `shutdown`, then revokes the lease. The first registration's outcome goes
     /// to the [`FirstRegistration`] receiver: a duplicate id is fatal and ends the loop.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let ttl = self.etcd.lease_ttl.get();
+        self.admission.use_lease(ttl);
+        let watch = watch_fence(
+            self.admission.clone(),
+            self.calls.clone(),
+            self.on_lease_loss,
+            shutdown.clone(),
+        );
+        tokio::join!(self.register_and_keep(ttl, shutdown), watch);
+    }
+
+    async fn register_and_keep(mut self, ttl: Duration, shutdown: CancellationToken) {
+        // Every etcd request ends well within the TTL, so the loop never hangs past it.
+        let deadline = (ttl / 3).min(ETCD_TIMEOUT);
         let mut first = self.first.take();
         let started = Instant::now();
-        let mut last_renewed = Instant::now();
         let mut lease: Option<i64> = None;
+        let mut outage = Outage::default();
+        let pause = |shutdown: &CancellationToken| {
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY) => false,
+                    () = shutdown.cancelled() => true,
+                }
+            }
+        };
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            self.check_fence(last_renewed, ttl);
-            let etcd = match Etcd::connect(&self.etcd.endpoints).await {
+            let etcd = match within(deadline, Etcd::connect(&self.etcd.endpoints)).await {
                 Ok(e) => e,
                 Err(e) => {
-                    warn!(error = %e, "etcd unreachable; will retry");
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY) => continue,
-                        () = shutdown.cancelled() => return,
+                    outage.failed("etcd unreachable", &e);
+                    if pause(&shutdown).await {
+                        return;
                     }
+                    continue;
                 }
             };
             // An old lease that is still alive keeps our key; otherwise start afresh.
+            let sent = Instant::now();
             let reuse = match lease {
-                Some(id) => matches!(etcd.keep_alive_once(id).await, Ok(ttl) if ttl > 0),
+                Some(id) => {
+                    matches!(within(deadline, etcd.keep_alive_once(id)).await, Ok(ttl) if ttl > 0)
+                }
                 None => false,
             };
             let id = match (reuse, lease) {
                 (true, Some(id)) => id,
-                _ => match etcd.grant(ttl).await {
+                _ => match within(deadline, etcd.grant(ttl)).await {
                     Ok(id) => id,
                     Err(e) => {
-                        warn!(error = %e, "lease grant failed; will retry");
-                        tokio::time::sleep(RETRY).await;
+                        outage.failed("lease grant failed", &e);
+                        if pause(&shutdown).await {
+                            return;
+                        }
                         continue;
                     }
                 },
             };
-            match etcd
-                .register(&self.etcd.prefix, &self.id, &self.current(), id)
-                .await
-            {
+            let registered = tokio::time::timeout(
+                deadline,
+                etcd.register(&self.etcd.prefix, &self.id, &self.current(), id),
+            )
+            .await;
+            let registered = match registered {
+                Ok(r) => r,
+                Err(_) => {
+                    outage.failed("registration failed", &"etcd did not answer in time");
+                    if pause(&shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match registered {
                 Ok(()) => {}
                 Err(Error::Duplicate { .. })
                     if first.is_some() && started.elapsed() < ttl + Duration::from_secs(2) =>
                 {
                     // Perhaps our own previous run, whose lease has not expired yet.
-                    let _ = etcd.revoke(id).await;
-                    tokio::time::sleep(RETRY).await;
+                    let _ = within(deadline, etcd.revoke(id)).await;
+                    if pause(&shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(Error::Duplicate { lease: holder, .. }) if Some(holder) == lease => {
+                    // Our own earlier lease, alive again (etcd restores leases when it
+                    // restarts) after we had given up on it: let it go and register anew.
+                    let _ = within(deadline, etcd.revoke(id)).await;
+                    let _ = within(deadline, etcd.revoke(holder)).await;
+                    lease = None;
+                    if pause(&shutdown).await {
+                        return;
+                    }
                     continue;
                 }
                 Err(e @ Error::Duplicate { .. }) => {
-                    let _ = etcd.revoke(id).await;
+                    let _ = within(deadline, etcd.revoke(id)).await;
                     error!(error = %e, "registration refused");
                     match first.take() {
                         Some(tx) => {
@@ -180,36 +244,38 @@ impl Membership {
                     return;
                 }
                 Err(e) => {
-                    warn!(error = %e, "registration failed; will retry");
-                    tokio::time::sleep(RETRY).await;
+                    outage.failed("registration failed", &e);
+                    if pause(&shutdown).await {
+                        return;
+                    }
                     continue;
                 }
             }
+            outage.ended();
             lease = Some(id);
-            last_renewed = Instant::now();
-            if self.admission.fenced() {
-                info!("etcd lease renewed; taking calls again");
-                self.admission.set_fenced(false);
-            }
+            self.admission.renewed(sent);
             info!(lease = format!("{id:x}"), key = %mcpfier_common::membership::agent_key(&self.etcd.prefix, &self.id), "registered in etcd");
             if let Some(tx) = first.take() {
                 let _ = tx.send(Ok(()));
             }
-            match self
-                .keep(&etcd, id, ttl, &mut last_renewed, &shutdown)
-                .await
-            {
+            match self.keep(&etcd, id, ttl, deadline, &shutdown).await {
                 Ok(()) => {
                     // Shutdown: leave at once rather than after the TTL.
-                    let _ = etcd
-                        .update(&self.etcd.prefix, &self.id, &self.current(), id)
-                        .await;
-                    if let Err(e) = etcd.revoke(id).await {
+                    let _ = within(
+                        deadline,
+                        etcd.update(&self.etcd.prefix, &self.id, &self.current(), id),
+                    )
+                    .await;
+                    if let Err(e) = within(deadline, etcd.revoke(id)).await {
                         warn!(error = %e, "could not revoke the lease; it expires by itself");
                     }
                     return;
                 }
-                Err(why) => warn!(%why, "lost etcd; registering again"),
+                Err(Lost::Key(why)) => {
+                    // Our record was changed under us: write it again at once.
+                    warn!(%why, "registering again");
+                }
+                Err(Lost::Etcd(why)) => outage.failed("lost etcd", &why),
             }
         }
     }
@@ -220,53 +286,156 @@ impl Membership {
         etcd: &Etcd,
         lease: i64,
         ttl: Duration,
-        last_renewed: &mut Instant,
+        deadline: Duration,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
-        let (mut keeper, mut stream) = etcd
-            .client
-            .clone()
-            .lease_keep_alive(lease)
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(), Lost> {
+        let etcd_lost = |e: &dyn std::fmt::Display| Lost::Etcd(e.to_string());
+        let (mut keeper, mut stream) = within(deadline, async {
+            etcd.client
+                .clone()
+                .lease_keep_alive(lease)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| etcd_lost(&e))?;
+        let mut own = within(deadline, async {
+            etcd.watch_agent(&self.etcd.prefix, &self.id)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| etcd_lost(&e))?;
+        // Anything that happened to the key before the watch started.
+        match within(deadline, etcd.holder(&self.etcd.prefix, &self.id)).await {
+            Ok(Some(holder)) if holder == lease => {}
+            Ok(Some(_)) => return Err(Lost::Key("our etcd key was overwritten".into())),
+            Ok(None) => return Err(Lost::Key("our etcd key was deleted".into())),
+            Err(e) => return Err(etcd_lost(&e)),
+        }
         let mut renew = tokio::time::interval(ttl / 3);
         let mut heartbeat = tokio::time::interval(ttl);
-        let mut fence_check = tokio::time::interval(Duration::from_millis(200));
         let mut last_update = Instant::now();
         let mut dirty = false;
         let mut running = self.calls.watch_running();
+        // When each keepalive still unanswered was sent: the lease runs from there.
+        let mut sent: VecDeque<Instant> = VecDeque::new();
+        // The records we wrote last; a put of anything else is someone else's.
+        let mut ours: VecDeque<Vec<u8>> = VecDeque::new();
         loop {
             tokio::select! {
                 _ = renew.tick() => {
-                    tokio::time::timeout(ttl / 3, keeper.keep_alive())
+                    sent.push_back(Instant::now());
+                    within(deadline, async { keeper.keep_alive().await.map_err(|e| e.to_string()) })
                         .await
-                        .map_err(|_| "keepalive timed out".to_owned())?
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| etcd_lost(&e))?;
                 }
                 message = stream.message() => match message {
-                    Ok(Some(r)) if r.ttl() > 0 => *last_renewed = Instant::now(),
-                    Ok(Some(_)) => return Err("the lease expired".into()),
-                    Ok(None) => return Err("the keepalive stream ended".into()),
-                    Err(e) => return Err(e.to_string()),
+                    Ok(Some(r)) if r.ttl() > 0 => {
+                        if let Some(at) = sent.pop_front() {
+                            self.admission.renewed(at);
+                        }
+                    }
+                    Ok(Some(_)) => return Err(Lost::Etcd("the lease expired".into())),
+                    Ok(None) => return Err(Lost::Etcd("the keepalive stream ended".into())),
+                    Err(e) => return Err(etcd_lost(&e)),
+                },
+                change = own.message() => match change {
+                    Ok(Some(w)) => {
+                        for event in w.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            match event.event_type() {
+                                EventType::Delete => {
+                                    return Err(Lost::Key("our etcd key was deleted".into()));
+                                }
+                                EventType::Put if kv.lease() != lease || !ours.iter().any(|v| v == kv.value()) => {
+                                    return Err(Lost::Key("our etcd key was overwritten".into()));
+                                }
+                                EventType::Put => {}
+                            }
+                        }
+                    }
+                    Ok(None) => return Err(Lost::Etcd("the watch on our key ended".into())),
+                    Err(e) => return Err(etcd_lost(&e)),
                 },
                 Ok(()) = running.changed() => dirty = true,
                 () = self.admission.changed.notified() => dirty = true,
                 _ = heartbeat.tick() => dirty = true,
-                _ = fence_check.tick() => self.check_fence(*last_renewed, ttl),
                 () = shutdown.cancelled() => return Ok(()),
             }
             if dirty && last_update.elapsed() >= MIN_UPDATE_GAP {
-                tokio::time::timeout(
-                    ttl / 3,
-                    etcd.update(&self.etcd.prefix, &self.id, &self.current(), lease),
+                let record = self.current();
+                ours.push_back(serde_json::to_vec(&record).expect("a record serializes"));
+                if ours.len() > 4 {
+                    ours.pop_front();
+                }
+                within(
+                    deadline,
+                    etcd.update(&self.etcd.prefix, &self.id, &record, lease),
                 )
                 .await
-                .map_err(|_| "record update timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| etcd_lost(&e))?;
                 dirty = false;
                 last_update = Instant::now();
             }
         }
+    }
+}
+
+/// Why [`Membership::keep`] stopped.
+enum Lost {
+    /// etcd failed or the lease is gone: register again when etcd answers.
+    Etcd(String),
+    /// Our key was deleted or overwritten by someone else: register again at once.
+    Key(String),
+}
+
+/// Runs `request`, failing it after `deadline`.
+async fn within<T, E: std::fmt::Display>(
+    deadline: Duration,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(deadline, request).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "etcd did not answer within {}",
+            humantime::format_duration(deadline)
+        )),
+    }
+}
+
+/// Logs when the lease lapses and when it is renewed again, and on a lapse kills running
+/// calls when `on_lease_loss: kill`. Admission itself needs none of this: it reads the lease
+/// clock when a call arrives.
+async fn watch_fence(
+    admission: Arc<Admission>,
+    calls: Arc<Calls>,
+    on_lease_loss: OnLeaseLoss,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(FENCE_CHECK);
+    let mut was = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let lapsed = admission.lease_lapsed();
+        if lapsed && !was {
+            error!(
+                after = ?admission.since_renewal(),
+                on_lease_loss = ?on_lease_loss,
+                "etcd lease not renewed within its TTL; taking no calls until it is"
+            );
+            if on_lease_loss == OnLeaseLoss::Kill {
+                calls.cancel_all();
+            }
+            admission.changed.notify_waiters();
+        } else if !lapsed && was {
+            info!("etcd lease renewed; taking calls again");
+            admission.changed.notify_waiters();
+        }
+        was = lapsed;
     }
 }
 

@@ -2,7 +2,8 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use mcpfier_proto::v1::{
@@ -21,14 +22,35 @@ use tokio_util::task::TaskTracker;
 pub const FEATURES: &[&str] = &["local-exec", "attach", "cancel"];
 
 /// Whether the agent takes new calls.
-#[derive(Default)]
+///
+/// Invariant: with etcd, [`Admission::fenced`] is true whenever the lease's TTL has passed
+/// since the last renewal etcd confirmed, computed at the moment of asking from the monotonic
+/// clock: no loop has to notice first, so a hung etcd request or a SIGSTOP can't make it late.
 pub struct Admission {
     /// Set on SIGTERM: running calls finish, new ones go elsewhere.
     pub draining: AtomicBool,
-    /// Set while the etcd lease can't be renewed (self-fencing).
+    /// Set when the agent must take no calls whatever the lease says (its id was taken).
     pub fenced: AtomicBool,
     /// Woken when either flag changes.
     pub changed: tokio::sync::Notify,
+    /// The lease's TTL in milliseconds; 0 without etcd.
+    lease_ttl_ms: AtomicU64,
+    /// When the last confirmed renewal was sent, in milliseconds since `epoch`.
+    renewed_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            draining: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
+            lease_ttl_ms: AtomicU64::new(0),
+            renewed_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Admission {
@@ -38,11 +60,47 @@ impl Admission {
         self.changed.notify_waiters();
     }
 
-    /// Fences (`true`, the lease is lost) or unfences (`false`, renewed again) the agent, and
-    /// wakes waiters on `changed`.
+    /// Fences (`true`) or unfences (`false`) the agent whatever its lease says, and wakes
+    /// waiters on `changed`.
     pub fn set_fenced(&self, fenced: bool) {
         self.fenced.store(fenced, Ordering::SeqCst);
         self.changed.notify_waiters();
+    }
+
+    /// Starts the lease clock: from now on the agent is fenced whenever `ttl` passes without
+    /// a [`Admission::renewed`]. The time until the first renewal counts from now.
+    pub fn use_lease(&self, ttl: Duration) {
+        self.renewed_ms.store(self.now_ms(), Ordering::SeqCst);
+        self.lease_ttl_ms
+            .store(ttl.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Records a renewal that etcd confirmed, for a request sent at `sent` (the lease runs
+    /// from when etcd saw it, which is no earlier than that).
+    pub fn renewed(&self, sent: Instant) {
+        let at = sent.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.renewed_ms.fetch_max(at, Ordering::SeqCst);
+    }
+
+    /// Time since the last confirmed renewal (zero without etcd).
+    pub fn since_renewal(&self) -> Duration {
+        if self.lease_ttl_ms.load(Ordering::SeqCst) == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.renewed_ms.load(Ordering::SeqCst)),
+        )
+    }
+
+    /// Whether the lease's TTL has passed since the last confirmed renewal.
+    pub fn lease_lapsed(&self) -> bool {
+        let ttl = self.lease_ttl_ms.load(Ordering::SeqCst);
+        ttl > 0 && self.since_renewal() > Duration::from_millis(ttl)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Whether the agent is draining: it refuses new calls until it exits.
@@ -50,9 +108,10 @@ impl Admission {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Whether the agent is fenced: it refuses new calls until its lease is renewed.
+    /// Whether the agent is fenced: its lease lapsed (see [`Admission::lease_lapsed`]) or its
+    /// id was taken. It refuses new calls until that ends.
     pub fn fenced(&self) -> bool {
-        self.fenced.load(Ordering::SeqCst)
+        self.fenced.load(Ordering::SeqCst) || self.lease_lapsed()
     }
 }
 

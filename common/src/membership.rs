@@ -9,10 +9,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
 };
 use serde::{Deserialize, Serialize};
+
+/// What a watch event did to a key (etcd's type, for members that reach etcd only here).
+pub use etcd_client::EventType;
 
 /// How long connecting to etcd, and one request to it, may take.
 pub const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -185,8 +188,9 @@ impl Etcd {
         if r.succeeded() {
             return Ok(());
         }
-        // Someone holds the key. If it is our own lease, just rewrite it.
-        let holder = self
+        // Someone holds the key. If it is our own lease, just rewrite it. A key on no lease
+        // (a plain `put`) is no live agent's: take it back, unless it changed meanwhile.
+        let held = self
             .client
             .clone()
             .get(key.clone(), None)
@@ -194,10 +198,32 @@ impl Etcd {
             .map_err(|e| self.err(e))?
             .kvs()
             .first()
-            .map(|kv| kv.lease())
-            .unwrap_or_default();
+            .map(|kv| (kv.lease(), kv.mod_revision()));
+        let (holder, revision) = held.unwrap_or_default();
         if holder == lease {
             return self.update(prefix, id, record, lease).await;
+        }
+        if holder == 0 {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            let r = self
+                .client
+                .clone()
+                .txn(txn)
+                .await
+                .map_err(|e| self.err(e))?;
+            if r.succeeded() {
+                return Ok(());
+            }
         }
         Err(Error::Duplicate {
             id: id.to_owned(),
@@ -278,6 +304,26 @@ impl Etcd {
             }
         }
         Ok((agents, revision))
+    }
+
+    /// Watches the one key of agent `id`, from now on.
+    pub async fn watch_agent(&self, prefix: &str, id: &str) -> Result<WatchStream, Error> {
+        self.client
+            .clone()
+            .watch(agent_key(prefix, id), None)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// The lease agent `id`'s key is on (0: none), or `None` when there is no such key.
+    pub async fn holder(&self, prefix: &str, id: &str) -> Result<Option<i64>, Error> {
+        let r = self
+            .client
+            .clone()
+            .get(agent_key(prefix, id), None)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.kvs().first().map(|kv| kv.lease()))
     }
 
     /// Watches `prefix` from `revision` (exclusive of what `list` returned).

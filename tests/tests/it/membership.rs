@@ -317,7 +317,11 @@ fn etcd_going_away_and_back_loses_no_registration() {
     });
     assert!(listed.is_some(), "registrations were lost");
     let mut seen: Vec<_> = (0..6)
-        .map(|i| agent_of(&call(&c, "echo", json!({"m": format!("{i}")}))))
+        .map(|i| {
+            let r = call(&c, "echo", json!({"m": format!("{i}")}));
+            assert_eq!(r["is_error"], false, "{r}");
+            agent_of(&r)
+        })
         .collect();
     seen.sort();
     seen.dedup();
@@ -499,4 +503,168 @@ fn a_registration_whose_certificate_names_another_agent_is_not_used() {
         msg.contains("server is agent `a`, expected agent `ghost`"),
         "{msg}"
     );
+}
+
+/// Agent `id`'s key in etcd: its lease and record, or `None` when there is no key.
+fn key_of(
+    rt: &tokio::runtime::Runtime,
+    etcd: &mcpfier_common::membership::Etcd,
+    id: &str,
+) -> Option<(i64, Value)> {
+    let key = mcpfier_common::membership::agent_key(PREFIX, id);
+    let r = rt.block_on(etcd.client.clone().get(key, None)).unwrap();
+    r.kvs()
+        .first()
+        .map(|kv| (kv.lease(), serde_json::from_slice(kv.value()).unwrap()))
+}
+
+#[test]
+fn an_agent_whose_key_is_deleted_or_overwritten_registers_again_at_once() {
+    let f = Fleet::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt
+        .block_on(mcpfier_common::membership::Etcd::connect(
+            std::slice::from_ref(&f.etcd.endpoint),
+        ))
+        .unwrap();
+    let key = mcpfier_common::membership::agent_key(PREFIX, "a");
+    let (lease, _) = key_of(&rt, &etcd, "a").expect("a is registered");
+
+    rt.block_on(etcd.client.clone().delete(key.clone(), None))
+        .unwrap();
+    let started = Instant::now();
+    let back = wait_for(Duration::from_secs(5), || {
+        key_of(&rt, &etcd, "a").filter(|(l, _)| *l == lease)
+    });
+    assert!(
+        back.is_some(),
+        "a did not register again after its key was deleted"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    f.agents[0]
+        .process
+        .wait_for_log("our etcd key was deleted", Duration::from_secs(5));
+
+    // A plain put (no lease) that moves a into pool `secrets`.
+    let mut forged = key_of(&rt, &etcd, "a").unwrap().1;
+    forged["labels"] = json!({"pool": "secrets"});
+    rt.block_on(
+        etcd.client
+            .clone()
+            .put(key.clone(), forged.to_string(), None),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let back = wait_for(Duration::from_secs(5), || {
+        key_of(&rt, &etcd, "a").filter(|(l, r)| *l == lease && r["labels"]["pool"] == "a")
+    });
+    assert!(
+        back.is_some(),
+        "a's record was not restored: {:?}",
+        key_of(&rt, &etcd, "a")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    f.agents[0]
+        .process
+        .wait_for_log("our etcd key was overwritten", Duration::from_secs(5));
+}
+
+/// Sends one `/bin/true` call straight to `agent`: whether it was accepted, or the refusal's
+/// kind.
+fn try_call(
+    rt: &tokio::runtime::Runtime,
+    client: &mcpfier_proto::v1::agent_client::AgentClient<tonic::transport::Channel>,
+    n: usize,
+) -> Result<(), Option<mcpfier_exec::ErrorKind>> {
+    let exec = mcpfier_exec::Execution::new(["/bin/true"]);
+    let request = mcpfier_exec::wire::request(&exec, &format!("fence-{n}"), "r", "t");
+    let mut client = client.clone();
+    rt.block_on(async move {
+        match tokio::time::timeout(Duration::from_secs(5), client.execute(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(mcpfier_exec::wire::refusal_kind(&status)),
+            Err(_) => Err(None),
+        }
+    })
+}
+
+#[test]
+fn no_call_is_accepted_once_the_lease_ttl_passed_without_a_renewal() {
+    let mut f = Fleet::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = f.agents[0].raw_client(&rt, &f.certs);
+    assert_eq!(try_call(&rt, &client, 0), Ok(()));
+    let ttl = Duration::from_secs(3);
+
+    // etcd hangs (SIGSTOP: connections stay open, nothing answers). Renewal stops at once, so
+    // past the TTL from now every call is refused, whatever the agent's loop is blocked in.
+    let etcd_process = f.etcd.process.as_ref().unwrap();
+    etcd_process.signal(Signal::SIGSTOP);
+    let t0 = Instant::now();
+    let mut n = 1;
+    let mut accepted_late = Vec::new();
+    let mut fenced = false;
+    while t0.elapsed() < ttl + Duration::from_secs(2) {
+        let sent = t0.elapsed();
+        match try_call(&rt, &client, n) {
+            Ok(()) if sent >= ttl => accepted_late.push(sent),
+            Ok(()) => {}
+            Err(Some(mcpfier_exec::ErrorKind::Fenced)) => fenced = true,
+            Err(other) => panic!("call {n} at {sent:?}: {other:?}"),
+        }
+        n += 1;
+    }
+    assert!(
+        accepted_late.is_empty(),
+        "accepted past the TTL at {accepted_late:?}"
+    );
+    assert!(fenced, "never fenced");
+    etcd_process.signal(Signal::SIGCONT);
+    let back = wait_for(Duration::from_secs(15), || {
+        try_call(&rt, &client, 1000).ok()
+    });
+    assert!(back.is_some(), "not taking calls after etcd came back");
+
+    // The agent itself stopped past its TTL: etcd lets the lease go. Woken while etcd hangs,
+    // it refuses its first call, before any loop of its own has run.
+    let etcd = rt
+        .block_on(mcpfier_common::membership::Etcd::connect(
+            std::slice::from_ref(&f.etcd.endpoint),
+        ))
+        .unwrap();
+    f.agents[0].process.signal(Signal::SIGSTOP);
+    let expired = wait_for(Duration::from_secs(15), || {
+        key_of(&rt, &etcd, "a").is_none().then_some(())
+    });
+    assert!(expired.is_some(), "a's key outlived its lease");
+    let etcd_process = f.etcd.process.as_ref().unwrap();
+    etcd_process.signal(Signal::SIGSTOP);
+    f.agents[0].process.signal(Signal::SIGCONT);
+    assert_eq!(
+        try_call(&rt, &client, 2000),
+        Err(Some(mcpfier_exec::ErrorKind::Fenced))
+    );
+    etcd_process.signal(Signal::SIGCONT);
+    let back = wait_for(Duration::from_secs(15), || {
+        try_call(&rt, &client, 3000).ok()
+    });
+    assert!(back.is_some(), "not taking calls after etcd came back");
+
+    // Each outage is logged when it starts and when it ends, not on every retry.
+    let log = f.agents[0].process.log_text();
+    let starts = log.matches("logged once per outage").count();
+    assert!(
+        (1..=3).contains(&starts),
+        "{starts} outage warnings:\n{log}"
+    );
+    assert!(log.contains("etcd answers again"), "{log}");
+    f.etcd.stop();
 }
