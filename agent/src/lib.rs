@@ -9,6 +9,7 @@
 
 pub mod calls;
 pub mod config;
+pub mod lifeline;
 pub mod membership;
 pub mod policy;
 pub mod server;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use mcpfier_agent::calls::Calls;
 use mcpfier_agent::config;
+use mcpfier_agent::lifeline;
 use mcpfier_agent::membership::{self, Membership};
 use mcpfier_agent::server::{self, TlsState};
 use mcpfier_agent::service::{Admission, AgentService};
@@ -43,6 +44,16 @@ struct Cli {
     /// Logs as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Internal: run as the supervisor of the agent's call cgroups under DIR (the agent
+    /// starts it; see `lifeline`).
+    #[arg(long, value_name = "DIR", hide = true, requires_all = ["owner", "agent_pid"])]
+    cgroup_supervisor: Option<PathBuf>,
+    /// Internal: the supervised agent's id.
+    #[arg(long, value_name = "ID", hide = true)]
+    owner: Option<String>,
+    /// Internal: the supervised agent's pid.
+    #[arg(long, value_name = "PID", hide = true)]
+    agent_pid: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +75,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let (Some(base), Some(owner), Some(pid)) = (
+        cli.cgroup_supervisor.clone(),
+        cli.owner.clone(),
+        cli.agent_pid,
+    ) {
+        return match runtime.block_on(lifeline::supervise(base, owner, pid)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -91,6 +115,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let call_tasks = TaskTracker::new();
     tasks.spawn(evict_finished_calls(calls.clone(), shutdown.clone()));
     let executor = Executor::new(config.id.clone());
+    let (cgroups, _lifeline) = lifeline::start(&config.id, &executor).await;
+    let executor = match cgroups {
+        Some(c) => executor.with_cgroups(c),
+        None => executor,
+    };
     let docker = match executor.docker().await {
         Ok(_) => {
             info!("Docker available: container calls enabled");

@@ -39,6 +39,21 @@ pub const LABEL_OWNER: &str = "mcpfier.owner";
 /// plus timeout plus grace. The reaper leaves younger containers alone, so two processes
 /// with the same owner never remove each other's running calls.
 pub const LABEL_DEADLINE: &str = "mcpfier.deadline_ms";
+/// Label: the pid of the process that created the container, so that what a dead process
+/// left can be told from what a live one with the same owner runs.
+pub const LABEL_PID: &str = "mcpfier.pid";
+
+/// Which untracked containers of this owner a reap removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leftovers {
+    /// Those whose deadline has passed (the periodic reaper).
+    PastDeadline,
+    /// Those whose creating process is gone, and those past their deadline (an agent at
+    /// start).
+    OfDeadProcesses,
+    /// Those created by this pid (a dead agent's supervisor).
+    OfPid(u32),
+}
 
 /// Why a container call could not run.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +154,12 @@ impl Engine {
     /// Removes containers with this owner's label that no call of this process tracks and
     /// whose deadline has passed (leftovers of a crash). Returns how many it removed.
     pub async fn reap(&self) -> Result<usize, Error> {
+        self.reap_leftovers(Leftovers::PastDeadline).await
+    }
+
+    /// Removes the containers with this owner's label that no call of this process tracks
+    /// and that `which` selects. Returns how many it removed.
+    pub async fn reap_leftovers(&self, which: Leftovers) -> Result<usize, Error> {
         let filters = HashMap::from([(
             "label".to_owned(),
             vec![format!("{LABEL_OWNER}={}", self.owner)],
@@ -159,13 +180,26 @@ impl Engine {
             if self.tracked().contains(&id) {
                 continue;
             }
-            let deadline = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_DEADLINE))
-                .and_then(|d| d.parse::<u64>().ok())
-                .unwrap_or(0);
-            if deadline > mcpfier_common::membership::now_ms() {
+            let label = |name: &str| {
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(name))
+                    .and_then(|d| d.parse::<u64>().ok())
+            };
+            let past_deadline =
+                label(LABEL_DEADLINE).unwrap_or(0) <= mcpfier_common::membership::now_ms();
+            let pid = label(LABEL_PID).map(|p| p as u32);
+            let leftover = match which {
+                Leftovers::PastDeadline => past_deadline,
+                Leftovers::OfDeadProcesses => {
+                    past_deadline
+                        || pid.is_some_and(|p| {
+                            p != std::process::id() && !crate::cgroup::process_alive(p)
+                        })
+                }
+                Leftovers::OfPid(of) => pid == Some(of),
+            };
+            if !leftover {
                 continue;
             }
             if self.remove(&id).await {
@@ -252,6 +286,7 @@ impl Engine {
             (LABEL_CALL.to_owned(), call_id.to_owned()),
             (LABEL_TOOL.to_owned(), tool.to_owned()),
             (LABEL_OWNER.to_owned(), self.owner.clone()),
+            (LABEL_PID.to_owned(), std::process::id().to_string()),
             (
                 LABEL_DEADLINE.to_owned(),
                 (mcpfier_common::membership::now_ms()

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::cgroup::Cgroups;
 use crate::container::{self, Engine};
 use crate::error::{ErrorKind, HasKind};
 use crate::model::{Event, Execution, Outcome};
@@ -64,6 +65,8 @@ pub struct Executor {
     docker: Arc<tokio::sync::Mutex<Docker>>,
     /// Container removals that outlive an abandoned call.
     tasks: TaskTracker,
+    /// Per-call cgroups for local processes, when this host has them.
+    cgroups: Option<Cgroups>,
 }
 
 impl Executor {
@@ -75,7 +78,20 @@ impl Executor {
             socket: None,
             docker: Arc::new(tokio::sync::Mutex::new(Docker::Untried)),
             tasks: TaskTracker::new(),
+            cgroups: None,
         }
+    }
+
+    /// The same executor, running each local process in a cgroup of its own under
+    /// `cgroups`, so that nothing it starts outlives the call.
+    pub fn with_cgroups(mut self, cgroups: Cgroups) -> Executor {
+        self.cgroups = Some(cgroups);
+        self
+    }
+
+    /// The per-call cgroups, when this executor uses them.
+    pub fn cgroups(&self) -> Option<&Cgroups> {
+        self.cgroups.as_ref()
     }
 
     /// The same executor, talking to the daemon at `socket` instead of the default one.
@@ -135,7 +151,13 @@ impl Executor {
         cancel: CancellationToken,
     ) -> Result<Outcome, Error> {
         match &exec.container {
-            None => Ok(process::run(exec, events, cancel).await?),
+            None => {
+                let group = match &self.cgroups {
+                    Some(cgroups) => Some(cgroups.call(call_id).map_err(process::Error::Cgroup)?),
+                    None => None,
+                };
+                Ok(process::run(exec, events, cancel, group).await?)
+            }
             Some(spec) => {
                 let engine = self.docker().await?;
                 Ok(engine

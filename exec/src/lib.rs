@@ -9,8 +9,9 @@
 //! and the agent agree by construction. The coordinator links this crate to run tools
 //! in-process; the agent links it to run calls for coordinators.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod executor;

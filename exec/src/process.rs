@@ -3,7 +3,8 @@
 //! Invariants: the child never sees the caller's environment (only [`DEFAULT_PATH`] and the
 //! variables it is given); stdin is closed; each of stdout and stderr keeps at most
 //! `max_output` bytes; when the leader exits, times out or is cancelled, every process left in
-//! its group is killed; dropping the future kills the group too.
+//! its group is killed; dropping the future kills the group too. With a per-call cgroup
+//! ([`crate::cgroup`]) the same holds for descendants that left the group.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -17,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use crate::cgroup::CallGroup;
 use crate::error::{ErrorKind, HasKind};
 use crate::model::{Captured, Chunk, DEFAULT_PATH, Event, Execution, Outcome, Stream};
 
@@ -48,13 +50,18 @@ pub enum Error {
     /// Waiting for the child's exit status failed.
     #[error("wait for the command: {0}")]
     Wait(io::Error),
+    /// The call's cgroup could not be created.
+    #[error("create the call's cgroup: {0}")]
+    Cgroup(io::Error),
 }
 
 impl HasKind for Error {
     fn kind(&self) -> ErrorKind {
         match self {
             Error::EmptyCommand => ErrorKind::Invalid,
-            Error::Workdir(_) | Error::Spawn { .. } | Error::Wait(_) => ErrorKind::StartFailed,
+            Error::Workdir(_) | Error::Spawn { .. } | Error::Wait(_) | Error::Cgroup(_) => {
+                ErrorKind::StartFailed
+            }
         }
     }
 }
@@ -63,10 +70,14 @@ impl HasKind for Error {
 ///
 /// When `events` is given, it gets [`Event::Started`] and then output within the caps as it
 /// arrives. A non-zero exit is an [`Outcome`], not an error; errors mean nothing ran.
+///
+/// With `group`, the child joins that cgroup before it execs, and everything in the cgroup is
+/// killed when the run ends: descendants that left the process group (`setsid`) too.
 pub async fn run(
     exec: &Execution,
     events: Option<UnboundedSender<Event>>,
     cancel: CancellationToken,
+    group: Option<CallGroup>,
 ) -> Result<Outcome, Error> {
     let program = exec.argv.first().ok_or(Error::EmptyCommand)?;
     if let Some(dir) = &exec.workdir
@@ -101,6 +112,10 @@ pub async fn run(
     if let Some(dir) = &exec.workdir {
         cmd.current_dir(dir);
     }
+    if let Some(cgroup) = &group {
+        join_before_exec(&mut cmd, cgroup);
+    }
+    let group_of_call = group;
 
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|source| Error::Spawn {
@@ -109,6 +124,8 @@ pub async fn run(
         source,
     })?;
     let mut group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+    // Dropped with the future, the cgroup kills what is left in it.
+    let cgroup = group_of_call;
     if let (Some(tx), Some(pid)) = (&events, child.id()) {
         let _ = tx.send(Event::Started { pid });
     }
@@ -172,9 +189,12 @@ pub async fn run(
         }
     };
     let duration = started.elapsed();
-    // The leader is gone; anything it left in its group goes too.
+    // The leader is gone; anything it left in its group goes too, and in its cgroup.
     group.signal(Signal::SIGKILL);
     group.0 = None;
+    if let Some(cgroup) = cgroup {
+        cgroup.finish().await;
+    }
 
     let (out, err) = match read {
         Some(done) => done,
@@ -199,6 +219,24 @@ pub async fn run(
         duration,
         oom_killed: false,
     })
+}
+
+/// Makes the child join `cgroup` between fork and exec, so it can't start anything outside it.
+#[allow(unsafe_code)]
+fn join_before_exec(cmd: &mut tokio::process::Command, cgroup: &CallGroup) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let procs = cgroup.procs().as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: it makes one write(2) system call on a descriptor the parent keeps
+    // open until the spawn returns (the `CallGroup` outlives `spawn`), and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = BorrowedFd::borrow_raw(procs);
+            nix::unistd::write(fd, b"0")
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
 }
 
 /// Kills the whole process group when dropped while still armed.
@@ -291,6 +329,7 @@ mod tests {
             &exec(&["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]),
             None,
             CancellationToken::new(),
+            None,
         )
         .await
         .unwrap();
@@ -308,7 +347,7 @@ mod tests {
             value: "hi".into(),
             secret: false,
         });
-        let out = run(&e, None, CancellationToken::new()).await.unwrap();
+        let out = run(&e, None, CancellationToken::new(), None).await.unwrap();
         let mut lines: Vec<_> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
         lines.sort();
         assert_eq!(lines, vec!["GREETING=hi", &format!("PATH={DEFAULT_PATH}")]);
@@ -318,7 +357,7 @@ mod tests {
     async fn output_past_the_cap_is_dropped_and_flagged() {
         let mut e = exec(&["/bin/sh", "-c", "head -c 100000 /dev/zero"]);
         e.max_output = 1000;
-        let out = run(&e, None, CancellationToken::new()).await.unwrap();
+        let out = run(&e, None, CancellationToken::new(), None).await.unwrap();
         assert_eq!(out.stdout.len(), 1000);
         assert!(out.stdout_truncated && !out.stderr_truncated);
         assert_eq!(out.exit_code, Some(0));
@@ -331,7 +370,7 @@ mod tests {
         let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
         let mut e = exec(&["/bin/sh", "-c", &script]);
         e.timeout = Duration::from_millis(500);
-        let out = run(&e, None, CancellationToken::new()).await.unwrap();
+        let out = run(&e, None, CancellationToken::new(), None).await.unwrap();
         assert!(out.timed_out);
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
@@ -341,12 +380,58 @@ mod tests {
         assert!(wait_until_dead(pid).await, "grandchild {pid} survived");
     }
 
+    /// Runs a command that starts a `setsid` daemon and exits; returns the daemon's pid.
+    async fn leave_a_daemon(group: Option<CallGroup>) -> i32 {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("daemon");
+        let script = format!(
+            "setsid /bin/sh -c 'echo $$ > {f}.tmp; mv {f}.tmp {f}; exec sleep 300' & while [ ! -s {f} ]; do :; done",
+            f = pidfile.display()
+        );
+        let out = run(
+            &exec(&["/bin/sh", "-c", &script]),
+            None,
+            CancellationToken::new(),
+            group,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.exit_code, Some(0));
+        std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_setsid_daemon_dies_with_its_call_in_a_cgroup() {
+        let cgroups = crate::cgroup::Cgroups::open(&format!("test-{}", std::process::id()))
+            .expect("this machine has a writable cgroup v2 (/sys/fs/cgroup/unified)");
+        // Without the cgroup the daemon outlives the call (it left the process group)...
+        let escaped = leave_a_daemon(None).await;
+        assert!(alive(escaped), "the control daemon should have survived");
+        let _ = nix::sys::signal::kill(Pid::from_raw(escaped), Signal::SIGKILL);
+        // ...with it, it does not.
+        let group = cgroups.call("setsid").unwrap();
+        let daemon = leave_a_daemon(Some(group)).await;
+        assert!(
+            wait_until_dead(daemon).await,
+            "daemon {daemon} outlived its call"
+        );
+        assert!(
+            !cgroups.base().join("setsid").exists(),
+            "the call's cgroup was left"
+        );
+        let _ = std::fs::remove_dir(cgroups.base());
+    }
+
     #[tokio::test]
     async fn a_term_ignoring_command_is_killed_after_the_grace() {
         let mut e = exec(&["/bin/sh", "-c", "trap '' TERM; sleep 300"]);
         e.timeout = Duration::from_millis(200);
         e.kill_grace = Duration::from_millis(200);
-        let out = run(&e, None, CancellationToken::new()).await.unwrap();
+        let out = run(&e, None, CancellationToken::new(), None).await.unwrap();
         assert!(out.timed_out);
         assert_eq!(out.signal, Some(9));
         assert!(out.duration < Duration::from_secs(5));
@@ -360,7 +445,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             c.cancel();
         });
-        let out = run(&exec(&["/bin/sleep", "300"]), None, cancel)
+        let out = run(&exec(&["/bin/sleep", "300"]), None, cancel, None)
             .await
             .unwrap();
         assert!(out.cancelled && !out.timed_out);
@@ -373,7 +458,7 @@ mod tests {
         let pidfile = dir.path().join("pid");
         let script = format!("echo $$ > {}; sleep 300", pidfile.display());
         let e = exec(&["/bin/sh", "-c", &script]);
-        let fut = run(&e, None, CancellationToken::new());
+        let fut = run(&e, None, CancellationToken::new(), None);
         let _ = tokio::time::timeout(Duration::from_millis(500), fut).await;
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
@@ -390,6 +475,7 @@ mod tests {
             &exec(&["/bin/sh", "-c", "echo a; echo b >&2"]),
             Some(tx),
             CancellationToken::new(),
+            None,
         )
         .await
         .unwrap();
@@ -413,6 +499,7 @@ mod tests {
             &exec(&["/nonexistent/tool"]),
             None,
             CancellationToken::new(),
+            None,
         )
         .await
         .unwrap_err()
@@ -429,7 +516,7 @@ mod tests {
             value: "/opt/secret-token-dir".into(),
             secret: true,
         });
-        let err = run(&e, None, CancellationToken::new())
+        let err = run(&e, None, CancellationToken::new(), None)
             .await
             .unwrap_err()
             .to_string();

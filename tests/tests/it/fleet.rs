@@ -48,6 +48,10 @@ tools:
     params: {tag: {type: string, pattern: "^[a-z]+$"}}
     annotations: {idempotent: true}
     timeout: 30s
+  - name: daemon
+    description: Starts a setsid daemon that would outlive the call
+    command: ["/bin/sh", "-c", "setsid /bin/sh -c 'echo $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; exec sleep 300' sh \"$1\" & while [ ! -s \"$1\" ]; do :; done", "sh", "@DIR@/{{tag}}.daemon"]
+    params: {tag: {type: string, pattern: "^[a-z]+$"}}
   - name: big
     description: 8 MiB of output, twice tonic's default message limit
     command: ["/bin/sh", "-c", "head -c 8388608 /dev/zero | tr '\\0' x"]
@@ -246,10 +250,68 @@ fn an_agent_killed_mid_call_gives_a_clear_error_not_a_hang() {
     assert_eq!(err["kind"], "agent_lost");
     assert_eq!(err["outcome"], "unknown");
     assert_eq!(r["structured_content"]["agent"], runner_id.as_str());
-    // SIGKILL gives the agent no chance to clean up; don't leave its command behind.
-    for pid in pids {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-    }
+    // SIGKILL gives the agent no chance to clean up: its cgroup supervisor does, at once.
+    assert_all_gone(&pids, Duration::from_secs(2));
+}
+
+#[test]
+fn a_setsid_daemon_started_by_a_call_is_gone_when_the_call_ends() {
+    let c = Cluster::start();
+    let r = c.call("daemon", json!({"tag": "d"}));
+    assert_eq!(r["is_error"], false, "{r}");
+    let pids = read_pids(&c.scratch.path().join("d.daemon"));
+    assert_eq!(pids.len(), 1, "{r}");
+    assert_all_gone(&pids, Duration::from_secs(2));
+}
+
+#[test]
+fn a_restarted_agent_kills_what_its_killed_predecessor_left() {
+    let scratch = Scratch::new();
+    let certs = Certs::init(&scratch.path().join("certs"));
+    certs.issue("coordinator", "coord");
+    certs.issue("agent", "r1");
+    let agent = Agent::start(scratch.path(), &certs, "r1", "");
+    // Without its supervisor, a SIGKILLed agent leaves its command running...
+    let supervisor: i32 = agent
+        .process
+        .wait_for_log("cgroup supervisor started pid=", Duration::from_secs(10))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor), Signal::SIGKILL).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut client = agent.raw_client(&rt, &certs);
+    let pidfile = scratch.path().join("left.pids");
+    let exec = mcpfier_exec::Execution {
+        timeout: Duration::from_secs(60),
+        ..mcpfier_exec::Execution::new([
+            "/bin/sh".to_owned(),
+            "-c".into(),
+            format!(
+                "setsid sleep 300 & echo $! > {f}.tmp; mv {f}.tmp {f}; sleep 300",
+                f = pidfile.display()
+            ),
+        ])
+    };
+    let request = mcpfier_exec::wire::request(&exec, "left", "r", "t");
+    let _stream = rt.block_on(client.execute(request)).unwrap();
+    let pids = mcpfier_tests::wait_for(Duration::from_secs(10), || {
+        let p = read_pids(&pidfile);
+        (!p.is_empty()).then_some(p)
+    })
+    .expect("the command started");
+    let mut agent = agent;
+    agent.process.kill9();
+    assert!(mcpfier_tests::alive(pids[0]), "nothing was left to reap");
+    // ...which the next agent with its id kills at start, and says so.
+    let again = Agent::start(scratch.path(), &certs, "r1", "");
+    again.process.wait_for_log(
+        "killed processes an earlier run of this agent left",
+        Duration::from_secs(10),
+    );
+    assert_all_gone(&pids, Duration::from_secs(2));
 }
 
 #[test]

@@ -214,3 +214,30 @@ fn the_tidy_checks_see_what_they_look_for() {
     assert!(dependencies("coordinator").iter().any(|d| d == "rmcp"));
     assert!(dependencies("common").iter().any(|d| d == "etcd-client"));
 }
+
+#[test]
+fn unsafe_code_lives_in_one_audited_function() {
+    // The workspace denies unsafe code and every crate but the engine forbids it; the engine
+    // allows it in one function: the child joining its call's cgroup between fork and exec.
+    let mut files = Vec::new();
+    rust_files(&workspace(), &mut files);
+    let block = ["unsafe", " {"].concat();
+    let allow = ["#[allow(", "unsafe_code)]"].concat();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let blocks = text.matches(&block).count() + text.matches(&allow).count();
+        let expected = if f.ends_with("exec/src/process.rs") {
+            2
+        } else {
+            0
+        };
+        assert_eq!(
+            blocks,
+            expected,
+            "{}: unsafe code outside join_before_exec",
+            f.display()
+        );
+    }
+    let lib = std::fs::read_to_string(workspace().join("exec/src/lib.rs")).unwrap();
+    assert!(lib.contains("#![deny(unsafe_code)]"));
+}
