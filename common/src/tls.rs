@@ -26,6 +26,59 @@ use serde::{Deserialize, Serialize};
 /// The URI prefix of every mcpfier identity.
 pub const SPIFFE_PREFIX: &str = "spiffe://mcpfier/";
 
+/// The URI SAN prefix of a label the certificate vouches for: `urn:mcpfier:label:KEY=VALUE`.
+pub const LABEL_PREFIX: &str = "urn:mcpfier:label:";
+
+/// Labels a certificate vouches for, by key.
+pub type CertifiedLabels = std::collections::BTreeMap<String, String>;
+
+/// Where a client verifier records the labels of the last agent certificate it accepted.
+pub type LabelSlot = Arc<std::sync::RwLock<Option<CertifiedLabels>>>;
+
+/// Whether `s` can be a label key or value: 1-63 of `A-Z a-z 0-9 - _ .`.
+pub fn valid_label_part(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The URI SAN that vouches for label `key=value`.
+pub fn label_uri(key: &str, value: &str) -> String {
+    format!("{LABEL_PREFIX}{key}={value}")
+}
+
+/// The labels a DER certificate vouches for (its `urn:mcpfier:label:` URI SANs); malformed
+/// entries are ignored, and a key given twice vouches for nothing.
+pub fn certified_labels(der: &[u8]) -> CertifiedLabels {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return CertifiedLabels::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return CertifiedLabels::new();
+    };
+    let mut labels = CertifiedLabels::new();
+    let mut twice = Vec::new();
+    for name in &san.value.general_names {
+        let x509_parser::extensions::GeneralName::URI(u) = name else {
+            continue;
+        };
+        let Some((k, v)) = u
+            .strip_prefix(LABEL_PREFIX)
+            .and_then(|kv| kv.split_once('='))
+        else {
+            continue;
+        };
+        if valid_label_part(k) && valid_label_part(v) && labels.insert(k.into(), v.into()).is_some()
+        {
+            twice.push(k.to_owned());
+        }
+    }
+    for k in twice {
+        labels.remove(&k);
+    }
+    labels
+}
+
 /// What a peer is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -324,6 +377,7 @@ struct IdentityServerVerifier {
     roots: Arc<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
     expected: Identity,
+    labels: Option<LabelSlot>,
 }
 
 impl ServerCertVerifier for IdentityServerVerifier {
@@ -350,6 +404,9 @@ impl ServerCertVerifier for IdentityServerVerifier {
                 "server is {identity}, expected {}",
                 self.expected
             )));
+        }
+        if let Some(slot) = &self.labels {
+            *slot.write().unwrap_or_else(|p| p.into_inner()) = Some(certified_labels(end_entity));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -408,17 +465,42 @@ pub fn client_config(material: &Material, expected: Identity) -> Result<Arc<Clie
     )
 }
 
+/// Like [`client_config`]; each accepted handshake also records the labels the agent's
+/// certificate vouches for in `labels`.
+pub fn client_config_recording(
+    material: &Material,
+    expected: Identity,
+    labels: LabelSlot,
+) -> Result<Arc<ClientConfig>, Error> {
+    build_client_config(
+        material.roots.clone(),
+        Some((material.chain.clone(), material.key.clone_key())),
+        expected,
+        Some(labels),
+    )
+}
+
 /// Like [`client_config`], from parts; `cert` is `None` for a client without a certificate.
 pub fn client_config_from(
     roots: Arc<RootCertStore>,
     cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     expected: Identity,
 ) -> Result<Arc<ClientConfig>, Error> {
+    build_client_config(roots, cert, expected, None)
+}
+
+fn build_client_config(
+    roots: Arc<RootCertStore>,
+    cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    expected: Identity,
+    labels: Option<LabelSlot>,
+) -> Result<Arc<ClientConfig>, Error> {
     let provider = provider();
     let verifier = Arc::new(IdentityServerVerifier {
         roots,
         algorithms: provider.signature_verification_algorithms,
         expected,
+        labels,
     });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

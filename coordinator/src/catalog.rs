@@ -79,6 +79,8 @@ pub struct FleetSettings {
     pub connect_timeout: Duration,
     /// How long a sent call may wait for the agent to accept it.
     pub accept_timeout: Duration,
+    /// Label keys routed on only when an agent's certificate vouches for the value.
+    pub certified_labels: Vec<String>,
 }
 
 /// One tool, ready to turn arguments into an [`Execution`].
@@ -369,6 +371,14 @@ fn build_fleet(
             "must be more than zero",
         ));
     }
+    for (i, key) in section.certified_labels.iter().enumerate() {
+        if !mcpfier_common::tls::valid_label_part(key) {
+            problems.push(Problem::new(
+                format!("fleet.certified_labels[{i}]"),
+                format!("`{key}` is not a label key: 1-63 characters of A-Z a-z 0-9 - _ ."),
+            ));
+        }
+    }
     if section.accept_timeout.get().is_zero() {
         problems.push(Problem::new(
             "fleet.accept_timeout",
@@ -382,6 +392,7 @@ fn build_fleet(
         health_interval: section.health_interval.get(),
         connect_timeout: section.connect_timeout.get(),
         accept_timeout: section.accept_timeout.get(),
+        certified_labels: section.certified_labels.clone(),
     }
 }
 

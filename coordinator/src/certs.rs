@@ -11,7 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use mcpfier_common::tls::{Identity, Role, valid_name};
+use mcpfier_common::tls::{self, Identity, Role, valid_name};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -83,6 +83,8 @@ pub struct Request<'a> {
     pub name: &'a str,
     /// Extra subject alternative names: each an IP address or a DNS host name.
     pub sans: &'a [String],
+    /// Labels the certificate vouches for (agents only), `(key, value)`.
+    pub labels: &'a [(String, String)],
     /// Validity in days from now.
     pub days: u32,
     /// Overwrite existing `<name>.pem` and `<name>.key` instead of failing.
@@ -121,6 +123,21 @@ pub fn issue(req: &Request) -> anyhow::Result<(PathBuf, PathBuf)> {
             .try_into()
             .context("encode the identity URI")?,
     )];
+    for (key, value) in req.labels {
+        if req.role != Role::Agent {
+            bail!("--label is for agent certificates: only agents are placed by labels");
+        }
+        if !tls::valid_label_part(key) || !tls::valid_label_part(value) {
+            bail!(
+                "label `{key}={value}`: keys and values are 1-63 characters of A-Z a-z 0-9 - _ ."
+            );
+        }
+        params.subject_alt_names.push(SanType::URI(
+            tls::label_uri(key, value)
+                .try_into()
+                .context("a label URI")?,
+        ));
+    }
     for san in req.sans {
         let entry =
             match san.parse::<IpAddr>() {
@@ -164,6 +181,7 @@ mod tests {
             role: Role::Agent,
             name: "agent-1",
             sans: &["127.0.0.1".into(), "agent-1.example".into()],
+            labels: &[],
             days: 1,
             force: false,
         })
@@ -183,6 +201,42 @@ mod tests {
     }
 
     #[test]
+    fn labels_go_into_agent_certificates_only_and_are_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), 30, false).unwrap();
+        let request = |role, name, labels: &[(String, String)]| {
+            issue(&Request {
+                dir: dir.path(),
+                role,
+                name,
+                sans: &[],
+                labels,
+                days: 1,
+                force: true,
+            })
+        };
+        let labels = [
+            ("pool".to_owned(), "secrets".to_owned()),
+            ("region".to_owned(), "eu-west".to_owned()),
+        ];
+        let (cert, key) = request(Role::Agent, "vault-1", &labels).unwrap();
+        let material = load(&TlsFiles {
+            ca: dir.path().join(CA_CERT),
+            cert,
+            key,
+        })
+        .unwrap();
+        // The identity is still the one URI SAN of its kind.
+        assert_eq!(material.identity, Identity::new(Role::Agent, "vault-1"));
+        let read = tls::certified_labels(&material.chain[0]);
+        assert_eq!(read, labels.into_iter().collect());
+        let err = request(Role::Coordinator, "c", &[("pool".into(), "x".into())]).unwrap_err();
+        assert!(err.to_string().contains("for agent certificates"), "{err}");
+        let err = request(Role::Agent, "a", &[("pool".into(), "a b".into())]).unwrap_err();
+        assert!(err.to_string().contains("1-63 characters"), "{err}");
+    }
+
+    #[test]
     fn nothing_is_overwritten_without_force() {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), 30, false).unwrap();
@@ -199,6 +253,7 @@ mod tests {
             role: Role::Coordinator,
             name: "c",
             sans: &[],
+            labels: &[],
             days: 1,
             force: false,
         })

@@ -137,7 +137,7 @@ pub enum CertsCommand {
     /// Issue a certificate (NAME.pem, NAME.key) signed by the CA in DIR, with the URI SAN
     /// spiffe://mcpfier/ROLE/NAME.
     #[command(
-        after_help = "Example:\n  mcpfier certs issue --dir certs --role agent --name agent-eu-1 --san 10.0.0.5 --san agent-eu-1.internal"
+        after_help = "Example:\n  mcpfier certs issue --dir certs --role agent --name agent-eu-1 --san 10.0.0.5 --san agent-eu-1.internal\n  mcpfier certs issue --dir certs --role agent --name vault-1 --label pool=secrets --label region=eu-west"
     )]
     Issue {
         #[arg(long, value_name = "DIR")]
@@ -150,6 +150,10 @@ pub enum CertsCommand {
         /// Extra host names or IP addresses to put in the certificate.
         #[arg(long = "san", value_name = "HOST_OR_IP")]
         sans: Vec<String>,
+        /// A label the certificate vouches for (agents; repeatable). A coordinator with
+        /// `fleet.certified_labels` routes on that key only when the certificate says so.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
         /// Days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: u32,
@@ -163,4 +167,11 @@ pub enum CertsCommand {
 pub enum CertRole {
     Coordinator,
     Agent,
+}
+
+/// `KEY=VALUE` for `--label`.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }

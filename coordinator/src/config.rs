@@ -96,6 +96,11 @@ pub struct FleetSection {
     /// unless the tool is idempotent.
     #[serde(default = "default_accept_timeout")]
     pub accept_timeout: HumanDuration,
+    /// Label keys (e.g. `[pool, region]`) routed on only when the agent's certificate vouches
+    /// for the value (`mcpfier certs issue --label pool=secrets`): an agent can't attract
+    /// work by announcing a label it was not issued. Default none.
+    #[serde(default)]
+    pub certified_labels: Vec<String>,
 }
 
 fn default_health_interval() -> HumanDuration {

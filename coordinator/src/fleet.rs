@@ -102,6 +102,7 @@ pub struct Fleet {
     material: tls::Material,
     connect_timeout: Duration,
     accept_timeout: Duration,
+    certified_keys: Arc<[String]>,
     changes: Arc<watch::Sender<u64>>,
     etcd: RwLock<EtcdView>,
 }
@@ -130,6 +131,7 @@ impl Fleet {
             material,
             connect_timeout: settings.connect_timeout,
             accept_timeout: settings.accept_timeout,
+            certified_keys: settings.certified_labels.clone().into(),
             changes: Arc::new(watch::channel(0).0),
             etcd: RwLock::new(EtcdView {
                 configured: settings.etcd.is_some(),
@@ -160,6 +162,7 @@ fn test_catalog(tools: &str) -> (tempfile::TempDir, crate::catalog::Catalog) {
         role: tls::Role::Coordinator,
         name: "coord",
         sans: &[],
+        labels: &[],
         days: 1,
         force: false,
     })

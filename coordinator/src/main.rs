@@ -138,6 +138,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 role,
                 name,
                 sans,
+                labels,
                 days,
                 force,
             } => {
@@ -151,6 +152,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                         role,
                         name,
                         sans,
+                        labels,
                         days: *days,
                         force: *force,
                     })?;

@@ -22,8 +22,13 @@ impl Certs {
 
     /// Issues `name.pem`/`name.key` for `role` (`agent` or `coordinator`).
     pub fn issue(&self, role: &str, name: &str) {
+        self.issue_with(role, name, &[]);
+    }
+
+    /// Like [`Certs::issue`], with more `mcpfier certs issue` arguments (e.g. `--label`).
+    pub fn issue_with(&self, role: &str, name: &str, extra: &[&str]) {
         let dir = self.dir.to_str().unwrap();
-        let args = [
+        let mut args = vec![
             "certs",
             "issue",
             "--dir",
@@ -35,6 +40,7 @@ impl Certs {
             "--san",
             "127.0.0.1",
         ];
+        args.extend_from_slice(extra);
         let (code, out, err) = mcpfier_cli(&args, &[]);
         assert_eq!(code, 0, "certs issue failed: {out}{err}");
     }

@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
+use mcpfier_common::tls;
+
 use super::RPC_TIMEOUT;
 use super::channel::status_text;
 use crate::catalog::Tool;
@@ -37,6 +39,9 @@ pub(super) struct Status {
     pub(super) updated_at: Option<u64>,
     /// Announced features (`docker`, ...).
     pub(super) features: Vec<String>,
+    /// `started_at` of the etcd record the agent joined with: a new one means a new run of
+    /// the agent, whose `Info` is read again.
+    pub(super) record_started_at: Option<u64>,
 }
 
 impl Status {
@@ -100,6 +105,10 @@ pub struct Agent {
     pub(super) inflight: AtomicU32,
     /// Bumped whenever routing may have changed.
     pub(super) changes: Arc<watch::Sender<u64>>,
+    /// The labels its certificate vouched for at the last handshake (`None`: none yet).
+    pub(super) certified: tls::LabelSlot,
+    /// `fleet.certified_labels`: keys routed on only when the certificate vouches for them.
+    pub(super) certified_keys: Arc<[String]>,
 }
 
 /// One agent as `/fleet` and logs show it.
@@ -182,7 +191,44 @@ impl Agent {
 
     /// Whether this agent may run `tool` now.
     pub(super) fn can_run(&self, tool: &Tool) -> bool {
-        self.status().fits(tool)
+        self.fits(&self.status(), tool)
+    }
+
+    /// Whether this agent, in state `s`, fits `tool`: [`Status::fits`], and each placement
+    /// label whose key is in `fleet.certified_labels` is vouched for by its certificate.
+    pub(super) fn fits(&self, s: &Status, tool: &Tool) -> bool {
+        s.fits(tool) && self.vouched_for(tool)
+    }
+
+    fn vouched_for(&self, tool: &Tool) -> bool {
+        if self.certified_keys.is_empty() {
+            return true;
+        }
+        let certified = self.certified.read().unwrap_or_else(|p| p.into_inner());
+        tool.placement
+            .iter()
+            .filter(|(k, _)| self.certified_keys.contains(*k))
+            .all(|(k, v)| certified.as_ref().and_then(|c| c.get(k)) == Some(v))
+    }
+
+    /// Warns about labels the agent announces for certified keys that its certificate does
+    /// not vouch for: routing ignores them.
+    fn warn_unvouched(&self, announced: &BTreeMap<String, String>) {
+        let certified = self.certified.read().unwrap_or_else(|p| p.into_inner());
+        for key in self.certified_keys.iter() {
+            let Some(claimed) = announced.get(key) else {
+                continue;
+            };
+            let vouched = certified.as_ref().and_then(|c| c.get(key));
+            if vouched != Some(claimed) {
+                warn!(
+                    agent = %self.id,
+                    label = %format!("{key}={claimed}"),
+                    certificate = %vouched.map_or("nothing".to_owned(), |v| format!("{key}={v}")),
+                    "the agent announces a label its certificate does not vouch for; routing ignores it (fleet.certified_labels)"
+                );
+            }
+        }
     }
 
     /// Takes in an agent's refusal before it accepted a call: a refusal of kind `kind`, or
@@ -202,6 +248,8 @@ impl Agent {
         self.update(|s| {
             s.healthy = false;
             s.last_error = Some(why.to_owned());
+            // Whoever answers next at this address says again who it is and what it offers.
+            s.info_known = false;
         });
         if was {
             warn!(agent = %self.id, error = %why, "agent out of routing");
@@ -211,7 +259,9 @@ impl Agent {
     pub(super) fn describe(&self) -> String {
         let s = self.status();
         let labels: Vec<_> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let state = if s.healthy {
+        let state = if s.healthy && s.draining {
+            "draining or fenced: takes no new calls".to_owned()
+        } else if s.healthy {
             "healthy".to_owned()
         } else {
             format!(
@@ -228,8 +278,20 @@ impl Agent {
             Some(g) if !g.matches_everything() => format!(" allows {g}"),
             _ => String::new(),
         };
+        let unvouched = if self.certified_keys.is_empty() {
+            String::new()
+        } else {
+            let certified = self.certified.read().unwrap_or_else(|p| p.into_inner());
+            let vouched: Vec<_> = certified
+                .iter()
+                .flatten()
+                .filter(|(k, _)| self.certified_keys.contains(*k))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!(" certified [{}]", vouched.join(", "))
+        };
         format!(
-            "{} [{}]{policy}{docker} ({state})",
+            "{} [{}]{unvouched}{policy}{docker} ({state})",
             self.id,
             labels.join(", ")
         )
@@ -254,8 +316,10 @@ impl Agent {
                         mcpfier_proto::PROTOCOL_VERSION
                     ));
                 }
+                let labels: BTreeMap<String, String> = info.labels.into_iter().collect();
+                self.warn_unvouched(&labels);
                 self.update(|s| {
-                    s.labels = info.labels.into_iter().collect();
+                    s.labels = labels;
                     s.capacity = info.capacity.max(1);
                     s.set_allow_tools(&info.allow_tools);
                     s.features = info.features;

@@ -38,7 +38,7 @@ impl Fleet {
             .iter()
             .map(|agent| {
                 let s = agent.status();
-                (!exclude.contains(&agent.id) && s.fits(tool))
+                (!exclude.contains(&agent.id) && agent.fits(&s, tool))
                     .then(|| s.load(agent.inflight.load(Ordering::SeqCst)))
             })
             .collect();
@@ -48,17 +48,20 @@ impl Fleet {
 
     pub(super) fn no_agent(&self, labels: &BTreeMap<String, String>) -> Error {
         let wanted = if labels.is_empty() {
-            "any labels".to_owned()
+            String::new()
         } else {
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            format!(
+                " with labels {}",
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         let agents: Vec<_> = self.snapshot().iter().map(|a| a.describe()).collect();
         Error::NoAgent(format!(
-            "none healthy with labels {wanted}; agents: {}",
+            "none healthy{wanted}; agents: {}",
             if agents.is_empty() {
                 "none configured".to_owned()
             } else {

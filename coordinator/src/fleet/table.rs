@@ -36,7 +36,12 @@ impl Fleet {
         address: &str,
         source: Source,
     ) -> anyhow::Result<Arc<Agent>> {
-        let config = tls::client_config(&self.material, Identity::new(Role::Agent, id))?;
+        let certified: tls::LabelSlot = Arc::default();
+        let config = tls::client_config_recording(
+            &self.material,
+            Identity::new(Role::Agent, id),
+            certified.clone(),
+        )?;
         Ok(Arc::new(Agent {
             id: id.to_owned(),
             address: address.to_owned(),
@@ -47,6 +52,8 @@ impl Fleet {
             status: RwLock::new(Status::default()),
             inflight: AtomicU32::new(0),
             changes: self.changes.clone(),
+            certified,
+            certified_keys: self.certified_keys.clone(),
         }))
     }
 
@@ -88,6 +95,11 @@ impl Fleet {
     }
 
     /// Applies an agent record from etcd: joins a new agent, or updates a known one.
+    ///
+    /// etcd says only who is alive, where, and (as hints) its load and drain state. What it
+    /// offers — labels, capacity, allowed tools, features — comes from the agent itself over
+    /// mutual TLS (`Info`), so an etcd write can't move work to an agent; a new record is
+    /// routable only once its first `Info` succeeded.
     fn upsert_from_etcd(&self, id: &str, record: &AgentRecord) {
         if !tls::valid_name(id) {
             warn!(agent = %id, "ignoring an etcd record with an invalid agent id");
@@ -100,8 +112,18 @@ impl Fleet {
             .iter()
             .find(|a| a.id == id && a.source == Source::Etcd)
             .cloned();
-        let agent = match existing {
-            Some(a) if a.address == record.address => a,
+        let (agent, probe) = match existing {
+            Some(a) if a.address == record.address => {
+                // A new run of the agent at the same address: read its Info again.
+                let restarted = a.status().record_started_at != Some(record.started_at);
+                if restarted {
+                    a.update(|s| {
+                        s.info_known = false;
+                        s.record_started_at = Some(record.started_at);
+                    });
+                }
+                (a, restarted)
+            }
             other => {
                 let agent = match self.new_agent(id, &record.address, Source::Etcd) {
                     Ok(a) => a,
@@ -110,29 +132,27 @@ impl Fleet {
                         return;
                     }
                 };
+                agent.update(|s| s.record_started_at = Some(record.started_at));
                 let mut agents = self.write_agents();
                 if let Some(old) = other {
                     agents.retain(|a| !Arc::ptr_eq(a, &old));
                 }
                 agents.push(agent.clone());
                 drop(agents);
-                info!(agent = %id, address = %record.address, "agent joined");
-                // Trust the registration for routing; the first call's TLS handshake checks
-                // the agent's identity, and a failure takes it out again.
-                agent.update(|s| s.healthy = true);
-                agent
+                info!(agent = %id, address = %record.address, "agent registered; checking who answers there");
+                (agent, true)
             }
         };
         agent.update(|s| {
-            s.labels = record.labels.clone();
-            s.capacity = record.capacity.max(1);
             s.running = record.running;
             s.draining = record.draining;
-            s.set_allow_tools(&record.allow_tools);
-            s.features = record.capabilities.clone();
             s.updated_at = Some(record.updated_at);
-            s.info_known = true;
         });
+        if probe {
+            // Dialing is bounded (connect and RPC timeouts), and off the etcd watch's path.
+            let agent = agent.clone();
+            self.tasks.spawn(async move { agent.probe().await });
+        }
     }
 
     /// One agent's view, for `/fleet/agents/{id}`.

@@ -668,3 +668,95 @@ fn no_call_is_accepted_once_the_lease_ttl_passed_without_a_renewal() {
     assert!(log.contains("etcd answers again"), "{log}");
     f.etcd.stop();
 }
+
+#[test]
+fn an_agent_announcing_a_label_its_certificate_does_not_vouch_for_gets_no_such_work() {
+    let mut f = Fleet::start();
+    // `vault` is issued pool=secrets; `rogue` (a compromised agent) only claims it.
+    f.certs
+        .issue_with("agent", "vault", &["--label", "pool=secrets"]);
+    f.certs.issue("agent", "rogue");
+    f.add_agent("vault", "pool: secrets");
+    f.add_agent("rogue", "pool: secrets");
+    let tools = format!(
+        "{TOOLS}  - name: secret\n    command: [/bin/sh, -c, \"echo \\\"$TOKEN\\\" > /dev/null; echo ran\"]\n    env: {{TOKEN: \"${{env:VAULT_TOKEN}}\"}}\n    placement: {{labels: {{pool: secrets}}}}\n"
+    );
+    let config = f.scratch.write(
+        "certified.yaml",
+        &format!(
+            "fleet:\n  tls: {}\n  etcd: {}\n  certified_labels: [pool]\n{tools}",
+            f.certs.tls_yaml("coord"),
+            f.etcd.yaml(PREFIX)
+        ),
+    );
+    let c = Coordinator::start(&config, &[("VAULT_TOKEN", "t0ken")], &[]);
+    wait_routed(&c, &["a", "b", "rogue", "vault"], Duration::from_secs(10));
+    for i in 0..6 {
+        let r = call(&c, "secret", json!({}));
+        assert_eq!(r["is_error"], false, "call {i}: {r}");
+        assert_eq!(agent_of(&r), "vault", "call {i}: {r}");
+    }
+    assert!(
+        c.log_text()
+            .contains("the agent announces a label its certificate does not vouch for"),
+        "{}",
+        c.log_text()
+    );
+    // With the vouched-for agent gone, the work fails rather than going to the rogue.
+    f.agent("vault").process.kill9();
+    wait_routed(&c, &["a", "b", "rogue"], Duration::from_secs(15));
+    let r = call(&c, "secret", json!({}));
+    assert_eq!(r["structured_content"]["error"]["kind"], "no_agent", "{r}");
+    assert_ne!(agent_of(&r), "rogue", "{r}");
+}
+
+#[test]
+fn a_record_pointing_at_a_tarpit_is_never_routable_and_costs_calls_nothing() {
+    let f = Fleet::start();
+    // Accepts TCP and never says a word.
+    let tarpit = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let etcd =
+            mcpfier_common::membership::Etcd::connect(std::slice::from_ref(&f.etcd.endpoint))
+                .await
+                .unwrap();
+        let lease = etcd.grant(Duration::from_secs(60)).await.unwrap();
+        for id in ["pit1", "pit2", "pit3"] {
+            let record = mcpfier_common::membership::AgentRecord {
+                address: tarpit.local_addr().unwrap().to_string(),
+                labels: [("pool".to_owned(), "a".to_owned())].into(),
+                capacity: 100,
+                running: 0,
+                version: "test".into(),
+                protocol_version: mcpfier_proto::PROTOCOL_VERSION.into(),
+                started_at: 1,
+                updated_at: mcpfier_common::membership::now_ms(),
+                draining: false,
+                capabilities: vec![],
+                allow_tools: vec![],
+            };
+            etcd.register(PREFIX, id, &record, lease).await.unwrap();
+        }
+    });
+    let c = f.coordinator();
+    wait_routed(&c, &["a", "b"], Duration::from_secs(10));
+    for i in 0..6 {
+        let started = Instant::now();
+        let r = call(&c, "echo", json!({"m": format!("{i}")}));
+        assert_eq!(r["is_error"], false, "{r}");
+        assert!(["a", "b"].contains(&agent_of(&r).as_str()), "{r}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let fleet = get_json(&c.addr, "/fleet");
+    for agent in fleet["agents"].as_array().unwrap() {
+        if agent["id"].as_str().unwrap().starts_with("pit") {
+            assert_eq!(agent["healthy"], false, "{agent}");
+        }
+    }
+    drop(tarpit);
+}
