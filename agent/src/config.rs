@@ -59,6 +59,13 @@ pub struct EtcdSection {
     /// stops renewing.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: HumanDuration,
+    /// TLS to etcd: its CA and this agent's client certificate and key (etcd maps the
+    /// certificate's CN to a user). Must not be the fleet's CA.
+    pub tls: Option<TlsFiles>,
+    /// The etcd user, when the cluster has auth enabled.
+    pub username: Option<String>,
+    /// Its password: write `${env:NAME}` or `${file:PATH}`, not the value.
+    pub password: Option<String>,
 }
 
 /// What happens to running calls when the lease is lost.
@@ -93,6 +100,8 @@ pub struct Loaded {
     pub listen: SocketAddr,
     /// TLS files with paths resolved.
     pub tls: TlsFiles,
+    /// How to reach etcd (TLS, credentials), resolved; default without an `etcd` section.
+    pub etcd_access: mcpfier_common::membership::Access,
 }
 
 /// Reads and checks `path`; every problem is reported with its path in the file.
@@ -164,6 +173,21 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     }
     problems.extend(config.policy.problems());
     let tls = config.tls.relative_to(&base);
+    let mut etcd_access = mcpfier_common::membership::Access::default();
+    if let Some(etcd) = &config.etcd {
+        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        match mcpfier_common::membership::Access::from_config(
+            etcd.tls.as_ref(),
+            etcd.username.as_deref(),
+            etcd.password.as_deref(),
+            &base,
+            &env,
+            Some(&tls.ca),
+        ) {
+            Ok(access) => etcd_access = access,
+            Err(found) => problems.extend(found.into_iter().map(|p| format!("etcd.{p}"))),
+        }
+    }
     match tls::load(&tls) {
         Ok(material) => {
             let expected = tls::Identity::new(Role::Agent, config.id.clone());
@@ -188,6 +212,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     Ok(Loaded {
         listen: listen.expect("checked above"),
         tls,
+        etcd_access,
         config,
     })
 }

@@ -167,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             etcd: etcd.clone(),
             record: membership::initial_record(address, &config, docker),
             on_lease_loss: config.on_lease_loss,
+            access: loaded.etcd_access.clone(),
         };
         let (m, rx) = Membership::build(options, calls.clone(), admission.clone());
         registration = Some(tasks.spawn(m.run(shutdown.clone())));

@@ -33,6 +33,8 @@ pub struct Options {
     pub record: AgentRecord,
     /// What happens to running calls when the lease is lost.
     pub on_lease_loss: OnLeaseLoss,
+    /// How to reach etcd: TLS and credentials.
+    pub access: mcpfier_common::membership::Access,
 }
 
 /// The registration loop: a component run by the agent's `main` until shutdown.
@@ -41,6 +43,7 @@ pub struct Membership {
     etcd: EtcdSection,
     record: AgentRecord,
     on_lease_loss: OnLeaseLoss,
+    access: mcpfier_common::membership::Access,
     calls: Arc<Calls>,
     admission: Arc<Admission>,
     first: Option<oneshot::Sender<Result<(), Error>>>,
@@ -63,6 +66,7 @@ impl Membership {
             etcd: options.etcd,
             record: options.record,
             on_lease_loss: options.on_lease_loss,
+            access: options.access,
             calls,
             admission,
             first: Some(tx),
@@ -159,7 +163,12 @@ impl Membership {
             if shutdown.is_cancelled() {
                 return;
             }
-            let etcd = match within(deadline, Etcd::connect(&self.etcd.endpoints)).await {
+            let etcd = match within(
+                deadline,
+                Etcd::connect_with(&self.etcd.endpoints, &self.access),
+            )
+            .await
+            {
                 Ok(e) => e,
                 Err(e) => {
                     outage.failed("etcd unreachable", &e);
@@ -460,6 +469,9 @@ mod tests {
                 endpoints: vec![format!("http://127.0.0.1:{port}")],
                 prefix: "/mcpfier".into(),
                 lease_ttl: HumanDuration(Duration::from_secs(1)),
+                tls: None,
+                username: None,
+                password: None,
             },
             record: AgentRecord {
                 address: "127.0.0.1:1".into(),
@@ -475,6 +487,7 @@ mod tests {
                 allow_tools: vec![],
             },
             on_lease_loss: OnLeaseLoss::default(),
+            access: Default::default(),
         };
         let admission = Arc::new(Admission::default());
         let (membership, _first) =

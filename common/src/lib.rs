@@ -1,5 +1,6 @@
 //! What both the coordinator and the agent need: mutual-TLS identities ([`tls`]), etcd
-//! membership ([`membership`]), name globs ([`glob`]), the log set-up ([`logging`]), and byte
+//! membership ([`membership`]), secret references ([`secret`]), name globs ([`glob`]), the
+//! log set-up ([`logging`]), and byte
 //! sizes and durations written the way people write them (`1MiB`, `30s`).
 
 #![forbid(unsafe_code)]
@@ -7,6 +8,7 @@
 pub mod glob;
 pub mod logging;
 pub mod membership;
+pub mod secret;
 pub mod tls;
 
 use std::fmt;

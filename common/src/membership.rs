@@ -14,8 +14,94 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 
+/// How to reach etcd beyond its endpoints: TLS with a client certificate (etcd maps its CN
+/// to a user) and a user name with password. Built from a config's `etcd` section by
+/// [`Access::from_config`].
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// CA, certificate and key, paths resolved.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// The etcd user.
+    pub username: Option<String>,
+    /// Its password, resolved from `${env:..}` or `${file:..}`.
+    pub password: Option<crate::secret::Secret>,
+}
+
+impl Access {
+    /// Checks and resolves an `etcd` section's `tls`, `username` and `password` (relative
+    /// paths against `base`, secret references from `env`). `fleet_ca` is the CA the fleet's
+    /// certificates chain to: etcd must not trust it (a fleet certificate with CN `root`
+    /// would be etcd's root user), so pointing both at one CA is refused. Problems come back
+    /// as `field: message` (`tls.ca: ...`).
+    pub fn from_config(
+        tls: Option<&crate::tls::TlsFiles>,
+        username: Option<&str>,
+        password: Option<&str>,
+        base: &std::path::Path,
+        env: &std::collections::HashMap<String, String>,
+        fleet_ca: Option<&std::path::Path>,
+    ) -> Result<Access, Vec<String>> {
+        let mut problems = Vec::new();
+        let tls = tls.map(|t| t.relative_to(base));
+        if let (Some(files), Some(fleet)) = (&tls, fleet_ca)
+            && same_file(&files.ca, fleet)
+        {
+            problems.push(format!(
+                "tls.ca: {} is also the CA of the fleet's certificates; etcd must trust a CA of its own (a fleet certificate with CN `root` would be etcd's root user)",
+                files.ca.display()
+            ));
+        }
+        if let Some(files) = &tls {
+            for (field, path) in [
+                ("ca", &files.ca),
+                ("cert", &files.cert),
+                ("key", &files.key),
+            ] {
+                if !path.is_file() {
+                    problems.push(format!(
+                        "tls.{field}: {} is not a readable file",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        let password = match (username, password) {
+            (None, Some(_)) => {
+                problems.push("password: set username too".into());
+                None
+            }
+            (_, Some(p)) => match crate::secret::resolve(p, env) {
+                Ok((value, _)) => Some(crate::secret::Secret::new(value)),
+                Err(e) => {
+                    problems.push(format!("password: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Access {
+            tls,
+            username: username.map(str::to_owned),
+            password,
+        })
+    }
+}
+
+/// Whether two paths name one file, or two files with the same contents.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) if x == y => true,
+        _ => matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y),
+    }
+}
+
 /// What a watch event did to a key (etcd's type, for members that reach etcd only here).
 pub use etcd_client::EventType;
+/// A permission of an etcd role (for setting up auth, as docs/membership.md shows).
+pub use etcd_client::Permission;
 
 /// How long connecting to etcd, and one request to it, may take.
 pub const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -99,6 +185,9 @@ pub enum Error {
         /// The lease that holds it.
         lease: i64,
     },
+    /// The TLS files or credentials for etcd could not be used.
+    #[error("etcd access: {0}")]
+    Access(String),
     /// A value under the agents prefix is not an [`AgentRecord`]. Not returned today: `list`
     /// and `changes` log such values and skip them.
     #[error("the record at {key} is not an agent record: {why}")]
@@ -121,11 +210,33 @@ pub struct Etcd {
 impl Etcd {
     /// Connects to the first reachable endpoint.
     pub async fn connect(endpoints: &[String]) -> Result<Etcd, Error> {
-        let options = ConnectOptions::new()
+        Self::connect_with(endpoints, &Access::default()).await
+    }
+
+    /// Connects to `endpoints` with `access`: TLS with a client certificate, and a user name
+    /// and password, as the cluster requires.
+    pub async fn connect_with(endpoints: &[String], access: &Access) -> Result<Etcd, Error> {
+        let joined = endpoints.join(",");
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(ETCD_TIMEOUT)
             .with_timeout(ETCD_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        let joined = endpoints.join(",");
+        if let Some(files) = &access.tls {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| Error::Access(format!("read {}: {e}", p.display())))
+            };
+            let tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&files.ca)?))
+                .identity(etcd_client::Identity::from_pem(
+                    read(&files.cert)?,
+                    read(&files.key)?,
+                ));
+            options = options.with_tls(tls);
+        }
+        if let Some(user) = &access.username {
+            let password = access.password.as_ref().map(|p| p.expose()).unwrap_or("");
+            options = options.with_user(user.clone(), password);
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|source| Error::Etcd {

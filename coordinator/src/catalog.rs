@@ -72,7 +72,7 @@ pub struct FleetSettings {
     /// Agents listed by hand.
     pub agents: Vec<AgentEntry>,
     /// Where agents register themselves, when set.
-    pub etcd: Option<crate::config::EtcdSection>,
+    pub etcd: Option<EtcdSettings>,
     /// How often static agents (and etcd agents out of routing) are checked.
     pub health_interval: Duration,
     /// How long dialing an agent may take.
@@ -81,6 +81,17 @@ pub struct FleetSettings {
     pub accept_timeout: Duration,
     /// Label keys routed on only when an agent's certificate vouches for the value.
     pub certified_labels: Vec<String>,
+}
+
+/// Where the coordinator follows agent registrations, with how to reach etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// The key prefix shared with the agents.
+    pub prefix: String,
+    /// TLS and credentials, resolved.
+    pub access: mcpfier_common::membership::Access,
 }
 
 /// One tool, ready to turn arguments into an [`Execution`].
@@ -166,53 +177,6 @@ fn valid_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Resolves `${env:NAME}` and `${file:PATH}` inside `value`. Returns the value and whether it
-/// held a secret. Errors name the reference, never a value.
-fn resolve_secrets(value: &str, env: &HashMap<String, String>) -> Result<(String, bool), String> {
-    let mut out = String::new();
-    let mut secret = false;
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let (kind, body) = if let Some(b) = after.strip_prefix("env:") {
-            ("env", b)
-        } else if let Some(b) = after.strip_prefix("file:") {
-            ("file", b)
-        } else {
-            out.push_str(&rest[..start + 2]);
-            rest = after;
-            continue;
-        };
-        let end = body
-            .find('}')
-            .ok_or_else(|| format!("`${{{kind}:` is not closed with `}}`"))?;
-        let reference = &body[..end];
-        out.push_str(&rest[..start]);
-        match kind {
-            "env" => match env.get(reference) {
-                Some(v) => out.push_str(v),
-                None => {
-                    return Err(format!(
-                        "`${{env:{reference}}}`: {reference} is not set in mcpfier's environment"
-                    ));
-                }
-            },
-            _ => match std::fs::read_to_string(reference) {
-                Ok(v) => out.push_str(v.strip_suffix('\n').unwrap_or(&v)),
-                Err(e) => {
-                    return Err(format!(
-                        "`${{file:{reference}}}`: cannot read the file: {e}"
-                    ));
-                }
-            },
-        }
-        secret = true;
-        rest = &body[end + 1..];
-    }
-    out.push_str(rest);
-    Ok((out, secret))
-}
-
 impl Catalog {
     /// Checks `config` and builds the catalog, or returns every problem found.
     pub fn build(
@@ -224,7 +188,7 @@ impl Catalog {
         let fleet = config
             .fleet
             .as_ref()
-            .map(|f| build_fleet(f, base, &mut problems));
+            .map(|f| build_fleet(f, base, env, &mut problems));
         let listen = match config.server.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -301,6 +265,7 @@ impl Catalog {
 fn build_fleet(
     section: &crate::config::FleetSection,
     base: &Path,
+    env: &HashMap<String, String>,
     problems: &mut Vec<Problem>,
 ) -> FleetSettings {
     let tls = section.tls.relative_to(base);
@@ -359,6 +324,31 @@ fn build_fleet(
             ));
         }
     }
+    let etcd = section.etcd.as_ref().map(|etcd| {
+        let access = mcpfier_common::membership::Access::from_config(
+            etcd.tls.as_ref(),
+            etcd.username.as_deref(),
+            etcd.password.as_deref(),
+            base,
+            env,
+            Some(&tls.ca),
+        )
+        .unwrap_or_else(|found| {
+            for p in found {
+                let (field, message) = p.split_once(": ").unwrap_or(("", &p));
+                problems.push(Problem::new(
+                    format!("fleet.etcd.{field}"),
+                    message.to_owned(),
+                ));
+            }
+            Default::default()
+        });
+        EtcdSettings {
+            endpoints: etcd.endpoints.clone(),
+            prefix: etcd.prefix.clone(),
+            access,
+        }
+    });
     if section.health_interval.get().is_zero() {
         problems.push(Problem::new(
             "fleet.health_interval",
@@ -388,7 +378,7 @@ fn build_fleet(
     FleetSettings {
         tls,
         agents: section.agents.clone(),
-        etcd: section.etcd.clone(),
+        etcd,
         health_interval: section.health_interval.get(),
         connect_timeout: section.connect_timeout.get(),
         accept_timeout: section.accept_timeout.get(),
@@ -426,7 +416,7 @@ fn build_tool(
                     .into(),
             );
         }
-        match resolve_secrets(value, env) {
+        match mcpfier_common::secret::resolve(value, env) {
             Ok((value, secret)) => env_vars.push(EnvVar {
                 name: name.clone(),
                 value,

@@ -117,10 +117,17 @@ fn default_accept_timeout() -> HumanDuration {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSection {
-    /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
+    /// etcd client URLs, e.g. `http://127.0.0.1:2379` (`https://` with `tls`).
     pub endpoints: Vec<String>,
     /// Key prefix shared with the agents, e.g. `/mcpfier/prod`.
     pub prefix: String,
+    /// TLS to etcd: its CA and this coordinator's client certificate and key (etcd maps the
+    /// certificate's CN to a user). Must not be the fleet's CA.
+    pub tls: Option<mcpfier_common::tls::TlsFiles>,
+    /// The etcd user, when the cluster has auth enabled.
+    pub username: Option<String>,
+    /// Its password: write `${env:NAME}` or `${file:PATH}`, not the value.
+    pub password: Option<String>,
 }
 
 /// One agent of a static fleet.

@@ -82,7 +82,9 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                     "the config has no fleet.etcd section; `mcpfier agents` lists agents registered in etcd"
                 );
             };
-            let client = mcpfier_common::membership::Etcd::connect(&etcd.endpoints).await?;
+            let client =
+                mcpfier_common::membership::Etcd::connect_with(&etcd.endpoints, &etcd.access)
+                    .await?;
             let (agents, _) = client.list(&etcd.prefix).await?;
             let now = mcpfier_common::membership::now_ms();
             if *json {

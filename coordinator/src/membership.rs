@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::EtcdSection;
+use crate::catalog::EtcdSettings as EtcdSection;
 
 /// Pause between attempts while etcd is unreachable.
 const RETRY: Duration = Duration::from_millis(500);
@@ -82,7 +82,7 @@ impl Follower {
     /// One list-then-watch cycle; returns why it ended.
     async fn follow_once(&mut self, was_down: &mut bool) -> Result<(), String> {
         let settings = &self.settings;
-        let etcd = Etcd::connect(&settings.endpoints)
+        let etcd = Etcd::connect_with(&settings.endpoints, &settings.access)
             .await
             .map_err(|e| e.to_string())?;
         let (records, revision) = etcd
@@ -143,6 +143,7 @@ mod tests {
         let settings = EtcdSection {
             endpoints: vec![format!("http://127.0.0.1:{port}")],
             prefix: "/mcpfier".into(),
+            access: Default::default(),
         };
         let seen = Arc::new(Seen::default());
         let (follower, _first) = Follower::new(settings, seen.clone());

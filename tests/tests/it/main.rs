@@ -4,6 +4,7 @@
 mod cli;
 mod container;
 mod dispatch;
+mod etcd_auth;
 mod fleet;
 mod mcp;
 mod membership;
