@@ -34,12 +34,26 @@ pub struct Proxy {
     pub addr: String,
     flow: watch::Sender<Flow>,
     connections: Arc<AtomicUsize>,
+    target: Arc<std::sync::Mutex<String>>,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl Proxy {
     /// Starts relaying connections on a free port to `target`.
     pub fn start(target: &str) -> Proxy {
+        let proxy = Proxy::bind();
+        proxy.set_target(target);
+        proxy
+    }
+
+    /// Where new connections go from now on (a restarted agent's new address).
+    pub fn set_target(&self, target: &str) {
+        *self.target.lock().unwrap() = target.to_owned();
+    }
+
+    /// Listens on a free port; connections are relayed to the target set with
+    /// [`Proxy::set_target`] (refused until then).
+    pub fn bind() -> Proxy {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -51,7 +65,8 @@ impl Proxy {
         let addr = listener.local_addr().expect("its address").to_string();
         let flow = watch::channel(Flow::default()).0;
         let connections = Arc::new(AtomicUsize::new(0));
-        let (target, flow_rx, count) = (target.to_owned(), flow.subscribe(), connections.clone());
+        let target = Arc::new(std::sync::Mutex::new(String::new()));
+        let (target_rx, flow_rx, count) = (target.clone(), flow.subscribe(), connections.clone());
         runtime.spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -61,7 +76,8 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let (target, flow, count) = (target.clone(), flow_rx.clone(), count.clone());
+                let target = target_rx.lock().unwrap().clone();
+                let (flow, count) = (flow_rx.clone(), count.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&target).await else {
                         return;
@@ -75,6 +91,7 @@ impl Proxy {
             addr,
             flow,
             connections,
+            target,
             _runtime: runtime,
         }
     }
@@ -99,6 +116,11 @@ impl Proxy {
     /// Closes every connection open now (new ones are relayed as before).
     pub fn cut(&self) {
         self.flow.send_modify(|f| f.cuts += 1);
+    }
+
+    /// Relays new connections again after [`Proxy::refuse`].
+    pub fn accept(&self) {
+        self.flow.send_modify(|f| f.refusing = false);
     }
 
     /// Closes every connection open now and every new one at once: the target looks gone.

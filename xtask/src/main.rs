@@ -4,6 +4,8 @@
 //!   MCP Python SDK in `target/mcp-venv`), then `cargo test --workspace [ARGS]`.
 //! - `example`: serve `examples/mcpfier.yaml` on http://127.0.0.1:8080/mcp.
 //! - `bench [ARGS]`: install the benchmark's tools and run `bench/` in release mode.
+//! - `chaos [CALLS] [SEED]`: the fault matrix (tests/tests/it/chaos.rs) with CALLS calls
+//!   (default 1200); prints the results table kept in docs/chaos.md.
 //!
 //! Every task exports `PROTOC` from the vendored protoc, so a fresh machine needs nothing
 //! installed beforehand.
@@ -40,13 +42,15 @@ fn main() -> anyhow::Result<()> {
         "test" => test(&root, &rest),
         "example" => example(&rest),
         "bench" => bench(&root, &rest),
+        "chaos" => chaos(&root, &rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  \
                  test [ARGS]    install test prerequisites, then cargo test --workspace [ARGS]\n  \
                  example        serve examples/mcpfier.yaml at http://127.0.0.1:8080/mcp\n  \
-                 bench [ARGS]   run the benchmark (release build) and print its report"
+                 bench [ARGS]   run the benchmark (release build) and print its report\n  \
+                 chaos [CALLS] [SEED]  the fault matrix with CALLS calls (default 1200)"
             );
             std::process::exit(2);
         }
@@ -152,6 +156,29 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .args(args)
         .env("MCPFIER_TEST_PYTHON", python);
     run(cmd, "cargo test")
+}
+
+fn chaos(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    apt_install(TEST_PACKAGES)?;
+    let python = python_venv(root)?;
+    let calls = args.first().map_or("1200", String::as_str);
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "mcpfier-tests",
+        "--test",
+        "it",
+        "--",
+        "chaos::",
+        "--nocapture",
+    ])
+    .env("MCPFIER_TEST_PYTHON", python)
+    .env("MCPFIER_CHAOS_CALLS", calls);
+    if let Some(seed) = args.get(1) {
+        cmd.env("MCPFIER_CHAOS_SEED", seed);
+    }
+    run(cmd, "the chaos suite")
 }
 
 fn example(args: &[String]) -> anyhow::Result<()> {

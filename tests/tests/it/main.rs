@@ -1,6 +1,7 @@
 //! mcpfier's integration tests: the real `mcpfier` binary, driven over stdio and Streamable
 //! HTTP by the official MCP Python SDK.
 
+mod chaos;
 mod cli;
 mod container;
 mod dispatch;
