@@ -90,6 +90,17 @@ impl Access {
     }
 }
 
+/// An etcd client error in words: a gRPC status as its code and message (its `Display` would
+/// dump the metadata map too).
+pub fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            format!("{:?}: {}", status.code(), status.message())
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Whether two paths name one file, or two files with the same contents.
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
@@ -166,7 +177,7 @@ pub fn valid_prefix(prefix: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Connecting to etcd, or a request to it, failed or timed out.
-    #[error("etcd at {endpoints}: {source}")]
+    #[error("etcd at {endpoints}: {}", describe(.source))]
     Etcd {
         /// The endpoints tried, comma-separated.
         endpoints: String,

@@ -208,7 +208,8 @@ fn remove_instance(dir: &Path) -> usize {
     killed
 }
 
-/// Whether a process with this pid is running (not a zombie).
+/// Whether a process with this pid is running: a zombie still answers signal 0, so its state
+/// is read instead.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat

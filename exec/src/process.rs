@@ -302,14 +302,7 @@ mod tests {
     }
 
     fn alive(pid: i32) -> bool {
-        // A zombie still answers signal 0; read its state to tell.
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => !stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-            Err(_) => false,
-        }
+        u32::try_from(pid).is_ok_and(crate::cgroup::process_alive)
     }
 
     async fn wait_until_dead(pid: i32) -> bool {

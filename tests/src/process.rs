@@ -222,13 +222,7 @@ pub fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Opt
 
 /// Whether `pid` is a live (not zombie) process.
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    u32::try_from(pid).is_ok_and(mcpfier_exec::cgroup::process_alive)
 }
 
 /// Reads the whitespace-separated pids a test command wrote to `path`.

@@ -24,10 +24,10 @@ pub(super) fn never_sent(status: &tonic::Status) -> bool {
 
 /// A status with the chain of causes behind it (TLS refusals hide in there).
 pub(super) fn status_text(status: &tonic::Status) -> String {
-    let mut text = status.message().to_owned();
+    let mut text = without_links(status.message());
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
-        let cause_text = cause.to_string();
+        let cause_text = without_links(&cause.to_string());
         if !text.contains(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
@@ -35,6 +35,16 @@ pub(super) fn status_text(status: &tonic::Status) -> String {
         source = cause.source();
     }
     text
+}
+
+/// `text` without the documentation links some libraries append to their messages
+/// (rustls: "...close_notify: https://docs.rs/..."): an error for an operator says what
+/// happened, not where a library's manual is.
+fn without_links(text: &str) -> String {
+    match text.find("https://docs.rs/") {
+        Some(at) => text[..at].trim_end_matches([' ', ':']).to_owned(),
+        None => text.to_owned(),
+    }
 }
 
 /// A lazily connecting gRPC channel to `address` over TLS with `config`: one HTTP/2
@@ -80,4 +90,18 @@ pub fn channel(
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_with_connector_lazy(dial))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn documentation_links_are_cut_from_error_text() {
+        assert_eq!(
+            super::without_links(
+                "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/x"
+            ),
+            "peer closed connection without sending TLS close_notify"
+        );
+        assert_eq!(super::without_links("plain"), "plain");
+    }
 }

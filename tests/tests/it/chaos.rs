@@ -8,8 +8,7 @@
 //! reported ok that did not run to its end, none reported `not_run` that started, exactly one
 //! answer per call, no process left behind.
 //!
-//! In `cargo test` it makes `MCPFIER_CHAOS_CALLS` calls (default 80, every fault at least
-//! once); `cargo xtask chaos` runs it with 1,200 and prints the table kept in docs/chaos.md.
+//! In `cargo test` it makes `MCPFIER_CHAOS_CALLS` calls (default 120: every fault once); `cargo xtask chaos` runs it with 1,200 and prints the table kept in docs/chaos.md.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -221,7 +220,7 @@ fn under_faults_no_call_runs_twice_or_is_misreported_and_nothing_is_left() {
     let calls: usize = std::env::var("MCPFIER_CHAOS_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(80);
+        .unwrap_or(120);
     let seed: u64 = std::env::var("MCPFIER_CHAOS_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -302,8 +301,8 @@ fn under_faults_no_call_runs_twice_or_is_misreported_and_nothing_is_left() {
         *injected.entry(fault).or_default() += 1;
         k += 1;
         // Let calls run between faults.
-        let until = answers.lock().unwrap().len() + 6;
-        let _ = wait_for(Duration::from_secs(5), || {
+        let until = answers.lock().unwrap().len() + 3;
+        let _ = wait_for(Duration::from_secs(3), || {
             (done.load(Ordering::SeqCst) || answers.lock().unwrap().len() >= until).then_some(())
         });
     }

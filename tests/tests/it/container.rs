@@ -387,10 +387,18 @@ fn the_reaper_removes_leftover_containers() {
             labels: Some(labels),
             ..Default::default()
         };
-        let id = docker.create_container(None, body).await.unwrap().id;
-        docker.start_container(&id, None).await.unwrap();
+        // Other tests' embedded coordinators reap leftovers too (same owner): one may remove
+        // this one between create and start. Then make another; that one was reaped already.
+        let mut started = false;
+        for _ in 0..5 {
+            let id = docker.create_container(None, body.clone()).await.unwrap().id;
+            if docker.start_container(&id, None).await.is_ok() {
+                started = true;
+                break;
+            }
+        }
+        assert!(started, "the leftover container never started");
     });
-    assert_eq!(containers_with_label("mcpfier.tool=leftover").len(), 1);
     let (_s, c) = embedded();
     // The first container call connects to Docker, which starts the reaper.
     assert_eq!(stdout(&call(&c, "quick")), "quick\n");

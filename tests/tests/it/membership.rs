@@ -469,20 +469,7 @@ fn a_registration_whose_certificate_names_another_agent_is_not_used() {
                 .await
                 .unwrap();
         let lease = etcd.grant(Duration::from_secs(30)).await.unwrap();
-        let mut record = mcpfier_common::membership::AgentRecord {
-            address: f.agents[0].addr.clone(),
-            labels: [("pool".to_owned(), "ghost".to_owned())].into(),
-            capacity: 4,
-            running: 0,
-            version: "test".into(),
-            protocol_version: mcpfier_proto::PROTOCOL_VERSION.into(),
-            started_at: 0,
-            updated_at: 0,
-            draining: false,
-            capabilities: vec![],
-            allow_tools: vec![],
-        };
-        record.updated_at = mcpfier_common::membership::now_ms();
+        let record = forged_record(&f.agents[0].addr, "ghost");
         etcd.register(PREFIX, "ghost", &record, lease)
             .await
             .unwrap();
@@ -503,6 +490,23 @@ fn a_registration_whose_certificate_names_another_agent_is_not_used() {
         msg.contains("server is agent `a`, expected agent `ghost`"),
         "{msg}"
     );
+}
+
+/// A record no agent wrote: at `address`, in pool `pool`.
+fn forged_record(address: &str, pool: &str) -> mcpfier_common::membership::AgentRecord {
+    mcpfier_common::membership::AgentRecord {
+        address: address.to_owned(),
+        labels: [("pool".to_owned(), pool.to_owned())].into(),
+        capacity: 100,
+        running: 0,
+        version: "forged".into(),
+        protocol_version: mcpfier_proto::PROTOCOL_VERSION.into(),
+        started_at: 1,
+        updated_at: mcpfier_common::membership::now_ms(),
+        draining: false,
+        capabilities: vec![],
+        allow_tools: vec![],
+    }
 }
 
 /// Agent `id`'s key in etcd: its lease and record, or `None` when there is no key.
@@ -723,19 +727,7 @@ fn a_record_pointing_at_a_tarpit_is_never_routable_and_costs_calls_nothing() {
                 .unwrap();
         let lease = etcd.grant(Duration::from_secs(60)).await.unwrap();
         for id in ["pit1", "pit2", "pit3"] {
-            let record = mcpfier_common::membership::AgentRecord {
-                address: tarpit.local_addr().unwrap().to_string(),
-                labels: [("pool".to_owned(), "a".to_owned())].into(),
-                capacity: 100,
-                running: 0,
-                version: "test".into(),
-                protocol_version: mcpfier_proto::PROTOCOL_VERSION.into(),
-                started_at: 1,
-                updated_at: mcpfier_common::membership::now_ms(),
-                draining: false,
-                capabilities: vec![],
-                allow_tools: vec![],
-            };
+            let record = forged_record(&tarpit.local_addr().unwrap().to_string(), "a");
             etcd.register(PREFIX, id, &record, lease).await.unwrap();
         }
     });
