@@ -193,7 +193,7 @@ pub async fn run(
     group.signal(Signal::SIGKILL);
     group.0 = None;
     if let Some(cgroup) = cgroup {
-        cgroup.finish().await;
+        cgroup.finish();
     }
 
     let (out, err) = match read {

@@ -391,7 +391,11 @@ fn the_reaper_removes_leftover_containers() {
         // this one between create and start. Then make another; that one was reaped already.
         let mut started = false;
         for _ in 0..5 {
-            let id = docker.create_container(None, body.clone()).await.unwrap().id;
+            let id = docker
+                .create_container(None, body.clone())
+                .await
+                .unwrap()
+                .id;
             if docker.start_container(&id, None).await.is_ok() {
                 started = true;
                 break;
