@@ -391,10 +391,12 @@ fn under_faults_no_call_runs_twice_or_is_misreported_and_nothing_is_left() {
         "violations:\n{}",
         violations.join("\n")
     );
-    // Most calls get through: the faults are short.
+    // The faults are short, so calls get through (about 60% in the runs in docs/chaos.md;
+    // agents fenced after an etcd restart refuse the rest); below a quarter, something is
+    // wrong beyond the faults.
     let ok = answers.iter().filter(|a| a["told"] == "ok").count();
     assert!(
-        ok * 2 > calls,
+        ok * 4 > calls,
         "only {ok} of {calls} calls succeeded:\n{table}"
     );
 }
