@@ -3,7 +3,6 @@
 //! kernel keeps the socket open, nothing arrives), or cut every connection at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,7 +32,6 @@ pub struct Proxy {
     /// Where clients dial it (`127.0.0.1:PORT`).
     pub addr: String,
     flow: watch::Sender<Flow>,
-    connections: Arc<AtomicUsize>,
     target: Arc<std::sync::Mutex<String>>,
     _runtime: tokio::runtime::Runtime,
 }
@@ -64,9 +62,8 @@ impl Proxy {
             .expect("bind the proxy");
         let addr = listener.local_addr().expect("its address").to_string();
         let flow = watch::channel(Flow::default()).0;
-        let connections = Arc::new(AtomicUsize::new(0));
         let target = Arc::new(std::sync::Mutex::new(String::new()));
-        let (target_rx, flow_rx, count) = (target.clone(), flow.subscribe(), connections.clone());
+        let (target_rx, flow_rx) = (target.clone(), flow.subscribe());
         runtime.spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -77,12 +74,12 @@ impl Proxy {
                     continue;
                 }
                 let target = target_rx.lock().unwrap().clone();
-                let (flow, count) = (flow_rx.clone(), count.clone());
+                let flow = flow_rx.clone();
+                // Owned by the proxy's runtime: dropping the proxy ends every relay.
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&target).await else {
                         return;
                     };
-                    count.fetch_add(1, Ordering::SeqCst);
                     relay(client, server, flow).await;
                 });
             }
@@ -90,7 +87,6 @@ impl Proxy {
         Proxy {
             addr,
             flow,
-            connections,
             target,
             _runtime: runtime,
         }
@@ -118,22 +114,12 @@ impl Proxy {
         self.flow.send_modify(|f| f.cuts += 1);
     }
 
-    /// Relays new connections again after [`Proxy::refuse`].
-    pub fn accept(&self) {
-        self.flow.send_modify(|f| f.refusing = false);
-    }
-
     /// Closes every connection open now and every new one at once: the target looks gone.
     pub fn refuse(&self) {
         self.flow.send_modify(|f| {
             f.refusing = true;
             f.cuts += 1;
         });
-    }
-
-    /// Connections relayed so far.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
     }
 }
 

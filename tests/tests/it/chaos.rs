@@ -142,6 +142,7 @@ impl Rng {
 /// Injects one fault and heals it again; returns its name.
 fn inject(rig: &mut Rig, rt: &tokio::runtime::Runtime, fault: &str, rng: &mut Rng) {
     let i = rng.below(AGENTS.len());
+    // How long a fault lasts: the outage itself, not a wait for anything.
     let pause = || std::thread::sleep(Duration::from_millis(1500));
     match fault {
         "kill agent" => {
