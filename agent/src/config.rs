@@ -108,9 +108,9 @@ pub struct Loaded {
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read the agent config {}", path.display()))?;
-    let config: AgentConfig = serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(
-        &text,
-    ))
+    let mut config: AgentConfig = serde_path_to_error::deserialize(
+        yaml_serde::Deserializer::from_str(&text),
+    )
     .map_err(|e| {
         let at = e.path().to_string();
         let inner = e.into_inner();
@@ -172,6 +172,15 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         problems.push(format!("advertise: `{a}` is not host:port"));
     }
     problems.extend(config.policy.problems());
+    let mut signers = Vec::new();
+    for (i, file) in config.policy.tool_signers.iter().enumerate() {
+        match mcpfier_common::tool::signed::PublicKey::load(&base.join(file)) {
+            Ok(key) => signers.push(key),
+            Err(e) => problems.push(format!("policy.tool_signers[{i}]: {e}")),
+        }
+    }
+    config.policy.signers =
+        std::sync::Arc::new(mcpfier_common::tool::signed::Verifier::new(signers));
     let tls = config.tls.relative_to(&base);
     let mut etcd_access = mcpfier_common::membership::Access::default();
     if let Some(etcd) = &config.etcd {

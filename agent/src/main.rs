@@ -105,6 +105,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let admission = Arc::new(Admission::default());
     let (listener, local) = server::bind(loaded.listen).await?;
     info!(id = %config.id, address = %local, capacity = config.capacity, "agent listening on {local}");
+    if config.policy.signers.required() {
+        info!(keys = %config.policy.signers.trusted(), "runs only signed tools (policy.tool_signers)");
+    }
 
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("install a SIGTERM handler")?;

@@ -10,9 +10,11 @@
 //! them.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mcpfier_common::glob::Globs;
+use mcpfier_common::tool::signed::{EnvValue, Unverified, Verifier};
 use mcpfier_common::{ByteSize, HumanDuration};
 use mcpfier_exec::{ContainerSpec, DEFAULT_PATH, ErrorKind, Execution};
 use schemars::JsonSchema;
@@ -101,6 +103,19 @@ pub struct Policy {
     /// Whether a container may have a writable root filesystem (default false).
     #[serde(default)]
     pub allow_writable_root: bool,
+    /// Public keys (PEM, as `mcpfier catalog keygen` writes the `.pub`) whose tool signatures
+    /// this agent trusts; relative paths are read from the config file's directory. When any
+    /// is listed, the agent runs only signed tools: it verifies the definition each call
+    /// carries, checks the arguments against the signed rules, renders the argv itself, and
+    /// refuses a call that differs from the definition in anything else (environment names
+    /// and literal values, working directory, timeout, output cap, container). Default: none
+    /// (signatures are not checked).
+    #[serde(default)]
+    pub tool_signers: Vec<PathBuf>,
+    /// The keys of `tool_signers`, loaded with the config, and the definitions verified so far.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub signers: Arc<Verifier>,
 }
 
 /// One entry of `allow_mounts`.
@@ -165,6 +180,8 @@ impl Default for Policy {
             allow_networks: default_allow_networks(),
             allow_root: false,
             allow_writable_root: false,
+            tool_signers: vec![],
+            signers: Arc::default(),
         }
     }
 }
@@ -308,6 +325,30 @@ pub enum Refusal {
         "the container asks for a writable root filesystem; this agent allows only read-only ones (allow_writable_root: false)"
     )]
     WritableRoot,
+    /// Signed tools are required, and the call carries no signature.
+    #[error(
+        "tool `{0}` comes without a signature, and this agent runs only signed tools (policy.tool_signers): sign the catalog with `mcpfier catalog sign` and restart the coordinator"
+    )]
+    Unsigned(String),
+    /// The signature or the signed definition does not check out.
+    #[error("{0}")]
+    Unverified(#[from] Unverified),
+    /// The arguments break the signed rules.
+    #[error("the arguments of tool `{tool}` break its signed rules: {problems}")]
+    SignedArgs {
+        /// The tool the call is for.
+        tool: String,
+        /// Each broken rule.
+        problems: String,
+    },
+    /// A field of the call differs from the signed definition.
+    #[error("the call of tool `{tool}` differs from its signed definition in {field}")]
+    NotAsSigned {
+        /// The tool the call is for.
+        tool: String,
+        /// Which field, e.g. `argv` or `env.TOKEN` (never a value).
+        field: String,
+    },
 }
 
 impl Refusal {
@@ -359,6 +400,9 @@ impl Policy {
                 tool: tool.to_owned(),
                 allowed: self.allow_tools.to_string(),
             });
+        }
+        if self.signers.required() {
+            self.admit_signed(tool, &exec)?;
         }
         if let Some(var) = exec.env.iter().find(|v| self.deny_env.is_match(&v.name)) {
             return Err(Refusal::Env {
@@ -453,6 +497,85 @@ impl Policy {
             });
         }
         Ok(real)
+    }
+
+    /// Checks `exec` against the signed definition it carries: the signature, the arguments
+    /// against the signed rules, the argv as rendered here, and every other field the
+    /// definition fixes. Secret values are taken as sent, for the names declared secret.
+    fn admit_signed(&self, tool: &str, exec: &Execution) -> Result<(), Refusal> {
+        let Some(signed) = &exec.signed else {
+            return Err(Refusal::Unsigned(tool.to_owned()));
+        };
+        let compiled = self
+            .signers
+            .verify(tool, &signed.definition, &signed.signature)?;
+        let broken = |problems: String| Refusal::SignedArgs {
+            tool: tool.to_owned(),
+            problems,
+        };
+        let args: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&signed.arguments)
+                .map_err(|e| broken(format!("the arguments are not a JSON object ({e})")))?;
+        let argv = compiled.render(Some(&args)).map_err(|errors| {
+            let list: Vec<_> = errors.iter().map(ToString::to_string).collect();
+            broken(list.join("; "))
+        })?;
+        let differs = |field: String| {
+            Err(Refusal::NotAsSigned {
+                tool: tool.to_owned(),
+                field,
+            })
+        };
+        let d = &compiled.definition;
+        if argv != exec.argv {
+            return differs("argv".into());
+        }
+        for var in &exec.env {
+            match d.env.get(&var.name) {
+                Some(EnvValue::Secret(_)) => {}
+                Some(EnvValue::Literal(value)) if *value == var.value && !var.secret => {}
+                _ => return differs(format!("env.{}", var.name)),
+            }
+        }
+        if let Some(name) = d
+            .env
+            .keys()
+            .find(|n| !exec.env.iter().any(|v| &v.name == *n))
+        {
+            return differs(format!("env.{name} (missing)"));
+        }
+        if d.workdir.as_deref().map(Path::new) != exec.workdir.as_deref() {
+            return differs("workdir".into());
+        }
+        if u128::from(d.timeout_ms) != exec.timeout.as_millis() {
+            return differs("timeout".into());
+        }
+        if d.max_output != exec.max_output {
+            return differs("max_output".into());
+        }
+        let container_as_signed = match (&d.container, &exec.container) {
+            (None, None) => true,
+            (Some(c), Some(spec)) => {
+                c.image == spec.image
+                    && c.memory == spec.memory
+                    && c.cpus == spec.cpus
+                    && c.pids == spec.pids
+                    && c.network == spec.network
+                    && c.read_only == spec.read_only
+                    && c.user == spec.user
+                    && c.pull_never == (spec.pull == mcpfier_exec::Pull::Never)
+                    && c.mounts.len() == spec.mounts.len()
+                    && c.mounts
+                        .iter()
+                        .zip(&spec.mounts)
+                        .all(|(m, s)| m.source == s.source && m.target == s.target && m.rw == s.rw)
+            }
+            _ => false,
+        };
+        if !container_as_signed {
+            return differs("container".into());
+        }
+        Ok(())
     }
 
     fn admit_container(&self, mut spec: ContainerSpec) -> Result<ContainerSpec, Refusal> {

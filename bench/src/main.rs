@@ -21,6 +21,7 @@ use anyhow::{Context, bail};
 
 mod containers;
 mod membership;
+mod signing;
 
 struct Figures {
     name: String,
@@ -429,6 +430,10 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if std::env::args().any(|a| a == "--signing-only") {
+        signing::run(dir.path())?;
+        return Ok(());
+    }
     if std::env::args().any(|a| a == "--containers-only") {
         return containers::run(dir.path());
     }
@@ -490,6 +495,7 @@ fn main() -> anyhow::Result<()> {
     drop(agent2);
     membership::run(dir.path(), &certs, duration)?;
     containers::run(dir.path())?;
+    let (signing_extra, signing_first) = signing::run(dir.path())?;
 
     let (python, paddr) = start_python("async")?;
     let p1 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 1, duration)?;
@@ -530,6 +536,14 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  mcpfier sequential p50 / Python asyncio p50      {:>6.2}x",
         m1.p50_us / p1.p50_us
+    );
+    println!(
+        "  signed tools: admission cost per call, agent with signers - without {:>6.1} us  (<= 50 us)",
+        signing_extra.as_secs_f64() * 1e6
+    );
+    println!(
+        "  signed tools: first call of a definition (Ed25519 verify, parse, compile) {:>6.1} us",
+        signing_first.as_secs_f64() * 1e6
     );
     for (name, seq, conc) in [("1 agent", &f1_1, &f1_8), ("2 agents", &f2_1, &f2_8)] {
         println!(

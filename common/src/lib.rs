@@ -10,6 +10,7 @@ pub mod logging;
 pub mod membership;
 pub mod secret;
 pub mod tls;
+pub mod tool;
 
 use std::fmt;
 use std::str::FromStr;

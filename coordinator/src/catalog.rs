@@ -6,6 +6,7 @@
 //! from a file or text to a catalog: parse (`config`), build, then line numbers.
 
 mod container;
+pub mod signing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -15,13 +16,13 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use mcpfier_common::tls::{Role, TlsFiles};
-use mcpfier_exec::{DEFAULT_KILL_GRACE, EnvVar, Execution};
+use mcpfier_exec::{DEFAULT_KILL_GRACE, EnvVar, Execution, SignedCall};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use crate::config::{AgentEntry, Annotations, Config, Problem, ServerSection};
-use crate::params::{self, ArgError, CompiledParam};
-use crate::template::{self, Element};
+use mcpfier_common::tool::params::{self, ArgError, CompiledParam};
+use mcpfier_common::tool::template::{self, Element};
 
 /// Reads, parses and checks the config file at `path`; `env` is mcpfier's environment, for
 /// `${env:NAME}` references.
@@ -38,7 +39,7 @@ pub fn parse(
 ) -> Result<Catalog, crate::config::Error> {
     let crate::config::Parsed { config, lines } = crate::config::parse(text, path)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    Catalog::build(config, base, env).map_err(|mut problems| {
+    let with_lines = |mut problems: Vec<Problem>| {
         for p in &mut problems {
             p.line = lines.line(&p.path);
         }
@@ -46,7 +47,21 @@ pub fn parse(
             file: path.to_owned(),
             problems,
         }
-    })
+    };
+    let mut catalog = Catalog::build(config, base, env).map_err(with_lines)?;
+    let tools: Vec<(&str, &[u8])> = catalog
+        .tools
+        .values()
+        .map(|t| (t.name.as_str(), &*t.definition))
+        .collect();
+    if let Some(found) = signing::signatures(path, &tools).map_err(with_lines)? {
+        for (tool, signature) in catalog.tools.values_mut().zip(found) {
+            Arc::get_mut(tool)
+                .expect("a catalog being built is not shared yet")
+                .signature = Some(signature.into());
+        }
+    }
+    Ok(catalog)
 }
 
 /// Every tool of a config, checked.
@@ -129,6 +144,12 @@ pub struct Tool {
     pub placement: BTreeMap<String, String>,
     /// Run in a container (`container:` section).
     pub container: Option<mcpfier_exec::ContainerSpec>,
+    /// The tool's canonical definition ([`signing::definition`]), the bytes a signature
+    /// covers.
+    pub definition: Arc<[u8]>,
+    /// The operator's signature over `definition`, from the config's `.sig` file; sent with
+    /// every call so that agents requiring signed tools can check it.
+    pub signature: Option<Arc<[u8]>>,
 }
 
 impl Tool {
@@ -142,7 +163,16 @@ impl Tool {
     /// Checks `args` and resolves the command. Nothing runs.
     pub fn prepare(&self, args: Option<&Map<String, Value>>) -> Result<Execution, Vec<ArgError>> {
         let values = params::check_args(&self.params, args)?;
-        Ok(self.execution(&values))
+        let mut exec = self.execution(&values);
+        exec.signed = self.signature.as_ref().map(|signature| SignedCall {
+            definition: self.definition.clone(),
+            signature: signature.clone(),
+            arguments: match args {
+                Some(args) => serde_json::to_string(args).expect("JSON values serialize"),
+                None => "{}".into(),
+            },
+        });
+        Ok(exec)
     }
 
     fn execution(&self, values: &BTreeMap<String, Value>) -> Execution {
@@ -155,6 +185,7 @@ impl Tool {
             max_output: self.max_output,
             kill_grace: DEFAULT_KILL_GRACE,
             container: self.container.clone(),
+            signed: None,
         }
     }
 
@@ -393,6 +424,7 @@ fn build_tool(
     problems: &mut Vec<Problem>,
 ) -> Option<Tool> {
     let before = problems.len();
+    let definition: Arc<[u8]> = signing::definition(&section).canonical().into();
     let mut problem = |path: String, message: String| problems.push(Problem::new(path, message));
 
     let params: Vec<CompiledParam> = section
@@ -483,6 +515,8 @@ fn build_tool(
         input_schema,
         placement: section.placement.map(|p| p.labels).unwrap_or_default(),
         container,
+        definition,
+        signature: None,
     })
 }
 

@@ -23,7 +23,8 @@ pub const CA_CERT: &str = "ca.pem";
 /// The CA's private key file name inside a certs directory (written mode 0600).
 pub const CA_KEY: &str = "ca.key";
 
-fn write_new(path: &Path, contents: &str, mode: u32, force: bool) -> anyhow::Result<()> {
+/// Writes `contents` to a new file `path` with `mode`; with `force`, replaces it.
+pub(crate) fn write_new(path: &Path, contents: &str, mode: u32, force: bool) -> anyhow::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).mode(mode);
     if force {

@@ -83,6 +83,14 @@ Exit status: the command's own; 124 on timeout; 128+N when killed by signal N;\n
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Sign the config's tools, for agents that run only signed tools (policy.tool_signers).
+    #[command(
+        after_help = "Example:\n  mcpfier catalog keygen --out /secure/mcpfier-signing\n  mcpfier catalog sign --key /secure/mcpfier-signing.key mcpfier.yaml\n\nThen give agents the public key: policy.tool_signers: [/etc/mcpfier/mcpfier-signing.pub]"
+    )]
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// List the agents registered in etcd (fleet.etcd in the config).
     #[command(after_help = "Example:\n  mcpfier --config mcpfier.yaml agents --json")]
     Agents {
@@ -160,6 +168,33 @@ pub enum CertsCommand {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Make an Ed25519 signing key: PATH.key (keep it off the coordinator) and PATH.pub (for
+    /// the agents).
+    #[command(after_help = "Example:\n  mcpfier catalog keygen --out /secure/mcpfier-signing")]
+    Keygen {
+        /// Where to write the key pair, without the extension.
+        #[arg(long, value_name = "PATH", default_value = "mcpfier-signing")]
+        out: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign every tool of a config; writes the signatures beside it as CONFIG.sig, which the
+    /// coordinator loads and sends with each call.
+    #[command(
+        after_help = "Example:\n  mcpfier catalog sign --key /secure/mcpfier-signing.key /etc/mcpfier/mcpfier.yaml"
+    )]
+    Sign {
+        /// The private key (`mcpfier catalog keygen`).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// The config to sign; default: the one `--config` or discovery finds.
+        config: Option<PathBuf>,
     },
 }
 

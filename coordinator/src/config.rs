@@ -9,9 +9,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
+pub use mcpfier_common::tool::{CommandElement, Group, Param, ParamType, StringRules};
 use mcpfier_common::{ByteSize, HumanDuration};
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// The whole `mcpfier.yaml`.
@@ -271,134 +272,6 @@ fn default_true() -> bool {
 }
 fn default_user() -> String {
     "65534:65534".into()
-}
-
-/// An element of `command`.
-#[derive(Debug, Clone, PartialEq, Eq, JsonSchema)]
-#[serde(untagged)]
-pub enum CommandElement {
-    /// One argv element, with optional `{{param}}` placeholders.
-    Arg(String),
-    /// Elements kept only when a parameter is given (and, for a boolean, true).
-    Group(Group),
-}
-
-/// A conditional group of argv elements.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Group {
-    /// The parameter that switches the group on.
-    #[serde(rename = "if")]
-    pub when: String,
-    /// The elements it adds.
-    pub args: Vec<String>,
-}
-
-impl<'de> Deserialize<'de> for CommandElement {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = CommandElement;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, or a group `{if: param, args: [...]}`")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(CommandElement::Arg(v.to_owned()))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(CommandElement::Arg(v.to_string()))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(CommandElement::Arg(v.to_string()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<Self::Value, A::Error> {
-                Group::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(CommandElement::Group)
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
-
-/// A parameter's type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ParamType {
-    /// A JSON string.
-    String,
-    /// A whole number.
-    Integer,
-    /// Any JSON number.
-    Number,
-    /// `true` or `false`; switches a group `{if: param, ...}` on when true.
-    Boolean,
-    /// An array of strings.
-    Array,
-}
-
-/// One parameter of a tool.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Param {
-    /// The value's type: `string`, `integer`, `number`, `boolean` or `array`.
-    #[serde(rename = "type")]
-    pub kind: ParamType,
-    /// What it means, for the model.
-    pub description: Option<String>,
-    /// Used when a call leaves the parameter out.
-    pub default: Option<Value>,
-    /// Whether a call must give it (default: true unless a default is given).
-    pub required: Option<bool>,
-    /// string: a regular expression the value must match (unanchored, as in JSON Schema: use
-    /// `^...$` to match the whole value).
-    pub pattern: Option<String>,
-    /// string: fewest characters.
-    pub min_length: Option<u64>,
-    /// string: most characters.
-    pub max_length: Option<u64>,
-    /// string or integer: the allowed values.
-    #[serde(rename = "enum")]
-    pub choices: Option<Vec<Value>>,
-    /// integer or number: smallest value.
-    pub minimum: Option<f64>,
-    /// integer or number: largest value.
-    pub maximum: Option<f64>,
-    /// array: rules for each item.
-    pub items: Option<StringRules>,
-    /// array: fewest items.
-    pub min_items: Option<u64>,
-    /// array: most items.
-    pub max_items: Option<u64>,
-}
-
-impl Param {
-    /// This parameter's string rules.
-    pub fn string_rules(&self) -> StringRules {
-        StringRules {
-            pattern: self.pattern.clone(),
-            min_length: self.min_length,
-            max_length: self.max_length,
-            choices: self.choices.clone(),
-        }
-    }
-}
-
-/// Rules for a string (an array parameter's items).
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StringRules {
-    /// A regular expression each item must match (unanchored).
-    pub pattern: Option<String>,
-    /// Fewest characters in each item.
-    pub min_length: Option<u64>,
-    /// Most characters in each item.
-    pub max_length: Option<u64>,
-    /// The values each item may take.
-    #[serde(rename = "enum")]
-    pub choices: Option<Vec<Value>>,
 }
 
 /// MCP tool annotations: hints for clients, not guarantees.

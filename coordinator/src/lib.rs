@@ -11,5 +11,3 @@ pub mod fleet;
 pub mod http;
 pub mod mcp;
 pub mod membership;
-pub mod params;
-pub mod template;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser};
-use mcpfier_coordinator::catalog::{Catalog, Tool};
+use mcpfier_coordinator::catalog::{Catalog, Tool, signing};
 use mcpfier_coordinator::config::{self, ParamType};
 use mcpfier_coordinator::dispatch::Dispatcher;
 use mcpfier_coordinator::{http, mcp};
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod cli;
-use cli::{CallArgs, CertRole, CertsCommand, Cli, Client, Command};
+use cli::{CallArgs, CatalogCommand, CertRole, CertsCommand, Cli, Client, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -163,6 +163,28 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                     mcpfier_common::tls::Identity::new(role, name.clone()).uri(),
                     cert.display(),
                     key.display()
+                );
+            }
+        },
+        Command::Catalog { command } => match command {
+            CatalogCommand::Keygen { out, force } => {
+                let (private, public, id) = signing::keygen(out, *force)?;
+                println!(
+                    "signing key {id}\nprivate: {} (keep it off the coordinator and the agents)\npublic:  {} (list it in the agents' policy.tool_signers)",
+                    private.display(),
+                    public.display()
+                );
+            }
+            CatalogCommand::Sign { key, config: file } => {
+                let path = match file {
+                    Some(p) => p.clone(),
+                    None => config::find(cli.config.as_deref(), &env)?,
+                };
+                let (sig, tools, id) = signing::sign(key, &path)?;
+                println!(
+                    "signed {tools} tools of {} with key {id}: {}",
+                    path.display(),
+                    sig.display()
                 );
             }
         },
@@ -340,7 +362,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn invalid(errors: &[mcpfier_coordinator::params::ArgError]) -> ExitCode {
+fn invalid(errors: &[mcpfier_common::tool::params::ArgError]) -> ExitCode {
     eprintln!("invalid arguments, nothing was run:");
     for e in errors {
         eprintln!("  {e}");

@@ -52,6 +52,22 @@ pub struct Execution {
     pub kill_grace: Duration,
     /// Run in this container instead of as a local process; `None`: a local process group.
     pub container: Option<ContainerSpec>,
+    /// The signed definition this execution was rendered from, with the call's arguments,
+    /// for agents that require signed tools; `None`: the tool is not signed. The engine
+    /// ignores it.
+    pub signed: Option<SignedCall>,
+}
+
+/// What lets an agent check an execution for itself: the tool's definition exactly as the
+/// operator signed it, the signature, and the call's arguments.
+#[derive(Clone, Debug)]
+pub struct SignedCall {
+    /// The canonical definition, the bytes that were signed.
+    pub definition: std::sync::Arc<[u8]>,
+    /// The Ed25519 signature over them.
+    pub signature: std::sync::Arc<[u8]>,
+    /// The call's arguments, a JSON object.
+    pub arguments: String,
 }
 
 impl Execution {
@@ -67,6 +83,7 @@ impl Execution {
             max_output: 1 << 20,
             kill_grace: DEFAULT_KILL_GRACE,
             container: None,
+            signed: None,
         }
     }
 }

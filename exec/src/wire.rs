@@ -11,7 +11,8 @@ use mcpfier_proto::v1::execute_event;
 
 use crate::error::ErrorKind;
 use crate::model::{
-    BindMount, Captured, Chunk, ContainerSpec, EnvVar, Event, Execution, Outcome, Pull, Stream,
+    BindMount, Captured, Chunk, ContainerSpec, EnvVar, Event, Execution, Outcome, Pull, SignedCall,
+    Stream,
 };
 
 /// gRPC metadata key naming the [`ErrorKind`] of a refusal.
@@ -65,6 +66,11 @@ pub fn request(
                 })
                 .collect(),
             pull_never: c.pull == Pull::Never,
+        }),
+        signed: exec.signed.as_ref().map(|s| v1::SignedTool {
+            definition: s.definition.to_vec(),
+            signature: s.signature.to_vec(),
+            arguments: s.arguments.clone(),
         }),
     }
 }
@@ -138,6 +144,11 @@ pub fn execution(req: &v1::ExecuteRequest) -> Result<Execution, String> {
                 })
             }
         },
+        signed: req.signed.as_ref().map(|s| SignedCall {
+            definition: s.definition.as_slice().into(),
+            signature: s.signature.as_slice().into(),
+            arguments: s.arguments.clone(),
+        }),
     })
 }
 
@@ -331,8 +342,17 @@ mod tests {
             max_output: 10,
             kill_grace: Duration::from_secs(2),
             container: None,
+            signed: Some(SignedCall {
+                definition: b"{}".as_slice().into(),
+                signature: vec![7; 64].into(),
+                arguments: "{\"a\":1}".into(),
+            }),
         };
         let back = execution(&request(&exec, "c1", "r1", "t")).unwrap();
+        let signed = back.signed.as_ref().unwrap();
+        assert_eq!(&*signed.definition, b"{}");
+        assert_eq!(signed.signature.len(), 64);
+        assert_eq!(signed.arguments, "{\"a\":1}");
         assert_eq!(back.argv, exec.argv);
         assert_eq!(back.env, exec.env);
         assert_eq!(back.workdir, exec.workdir);

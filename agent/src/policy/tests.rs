@@ -356,3 +356,186 @@ fn a_policy_with_relative_paths_is_a_config_problem() {
         "{problems}"
     );
 }
+
+// --- signed tools ---
+
+mod signed {
+    use mcpfier_common::tool::signed::{Definition, SigningKey};
+    use mcpfier_exec::SignedCall;
+    use serde_json::json;
+
+    use super::*;
+
+    fn definition() -> Definition {
+        serde_json::from_value(json!({
+            "name": "greet",
+            "command": ["/bin/echo", "hello", "{{who}}"],
+            "params": {"who": {"type": "string", "pattern": "^[a-z]+$"}},
+            "env": {"LANG": {"literal": "C"}, "TOKEN": {"secret": "${env:TOKEN}"}},
+            "timeout_ms": 10000,
+            "max_output": 1048576
+        }))
+        .unwrap()
+    }
+
+    /// A policy trusting a fresh key, and a correct signed call of `greet` made with it.
+    fn setup() -> (Policy, Execution) {
+        let (key, _) = SigningKey::generate();
+        let bytes = definition().canonical();
+        let policy = Policy {
+            signers: Arc::new(Verifier::new(vec![key.public()])),
+            ..Policy::default()
+        };
+        let exec = Execution {
+            env: vec![
+                EnvVar {
+                    name: "LANG".into(),
+                    value: "C".into(),
+                    secret: false,
+                },
+                EnvVar {
+                    name: "TOKEN".into(),
+                    value: "s3cret".into(),
+                    secret: true,
+                },
+            ],
+            signed: Some(SignedCall {
+                signature: key.sign(&bytes).into(),
+                definition: bytes.into(),
+                arguments: r#"{"who":"world"}"#.into(),
+            }),
+            ..local(&["/bin/echo", "hello", "world"])
+        };
+        (policy, exec)
+    }
+
+    fn refusal(p: &Policy, exec: Execution) -> String {
+        p.admit("greet", exec).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_signed_call_as_signed_is_admitted_with_its_secret() {
+        let (p, exec) = setup();
+        let admitted = p.admit("greet", exec).unwrap();
+        assert_eq!(admitted.env[1].value, "s3cret");
+    }
+
+    #[test]
+    fn an_unsigned_call_is_refused_when_signatures_are_required() {
+        let (p, exec) = setup();
+        let err = p
+            .admit(
+                "greet",
+                Execution {
+                    signed: None,
+                    ..exec
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err, Refusal::Unsigned("greet".into()));
+        assert_eq!(err.kind(), ErrorKind::Policy);
+        // Without tool_signers, the same call runs.
+        let plain = Execution {
+            signed: None,
+            ..setup().1
+        };
+        assert!(Policy::default().admit("greet", plain).is_ok());
+    }
+
+    #[test]
+    fn arguments_that_break_the_signed_rules_are_refused() {
+        let (p, mut exec) = setup();
+        exec.signed.as_mut().unwrap().arguments = r#"{"who":"x; id"}"#.into();
+        exec.argv = vec!["/bin/echo".into(), "hello".into(), "x; id".into()];
+        let err = refusal(&p, exec);
+        assert!(
+            err.contains("break its signed rules: parameter `who`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_argv_other_than_the_signed_template_renders_is_refused() {
+        let (p, mut exec) = setup();
+        exec.argv = vec!["/bin/id".into()];
+        assert!(refusal(&p, exec).ends_with("differs from its signed definition in argv"));
+    }
+
+    #[test]
+    fn every_other_signed_field_is_checked() {
+        let (p, exec) = setup();
+        let cases: Vec<(&str, Execution)> = vec![
+            ("env.LANG", {
+                let mut e = exec.clone();
+                e.env[0].value = "de_DE".into();
+                e
+            }),
+            ("env.LD_AUDIT", {
+                let mut e = exec.clone();
+                e.env.push(EnvVar {
+                    name: "LD_AUDIT".into(),
+                    value: "x".into(),
+                    secret: true,
+                });
+                e
+            }),
+            ("env.TOKEN (missing)", {
+                let mut e = exec.clone();
+                e.env.pop();
+                e
+            }),
+            (
+                "workdir",
+                Execution {
+                    workdir: Some("/root".into()),
+                    ..exec.clone()
+                },
+            ),
+            (
+                "timeout",
+                Execution {
+                    timeout: Duration::from_secs(11),
+                    ..exec.clone()
+                },
+            ),
+            (
+                "max_output",
+                Execution {
+                    max_output: 2 << 20,
+                    ..exec.clone()
+                },
+            ),
+            (
+                "container",
+                Execution {
+                    container: Some(spec()),
+                    ..exec.clone()
+                },
+            ),
+        ];
+        for (field, e) in cases {
+            let err = refusal(&p, e);
+            // LD_AUDIT is caught by deny_env too; the signed check comes first.
+            assert!(
+                err.ends_with(&format!("differs from its signed definition in {field}")),
+                "{field}: {err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_definition_changed_after_signing_is_refused_naming_the_tool() {
+        let (p, mut exec) = setup();
+        let mut d = definition();
+        d.timeout_ms = 3_600_000;
+        let signed = exec.signed.as_mut().unwrap();
+        signed.definition = d.canonical().into();
+        exec.timeout = Duration::from_secs(3600);
+        let err = refusal(&p, exec);
+        assert!(
+            err.starts_with("tool `greet` is not signed by a key this agent trusts"),
+            "{err}"
+        );
+    }
+}

@@ -284,3 +284,53 @@ fn the_schema_is_generated_from_the_types() {
         );
     }
 }
+
+fn object(v: Value) -> Map<String, Value> {
+    v.as_object().expect("an object").clone()
+}
+
+/// A JSON value exactly as serde_json reads it off the wire (`1.0` is a float).
+fn wire(text: &str) -> Value {
+    serde_json::from_str(text).expect("valid JSON")
+}
+
+#[test]
+fn a_configured_tool_checks_arguments_before_building_its_command() {
+    let catalog = parse(
+        "tools:\n  - name: t\n    command: [/bin/echo, '{{n}}']\n    params:\n      n: {type: integer, maximum: 100}\n",
+        Path::new("t.yaml"),
+        &env(),
+    )
+    .unwrap();
+    let tool = catalog.tool("t").unwrap();
+    let exec = tool
+        .prepare(Some(&object(json!({"n": wire("1.0")}))))
+        .unwrap();
+    assert_eq!(exec.argv, ["/bin/echo", "1"]);
+    let errors = tool
+        .prepare(Some(&object(json!({"n": wire("9223372036854775808")}))))
+        .unwrap_err();
+    assert!(
+        errors[0].rule.ends_with("which is outside that range"),
+        "{errors:?}"
+    );
+    let errors = tool.prepare(Some(&object(json!({"n": 101})))).unwrap_err();
+    assert_eq!(
+        errors[0].to_string(),
+        "parameter `n`: must be at most 100 (got 101)"
+    );
+}
+
+#[test]
+fn a_default_outside_the_64_bit_range_is_a_config_error_that_says_so() {
+    let err = parse(
+        "tools:\n  - name: t\n    command: [/bin/echo, '{{n}}']\n    params:\n      n: {type: integer, default: 9223372036854775808}\n",
+        Path::new("t.yaml"),
+        &env(),
+    )
+    .unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{:#?}", err.problems);
+    let p = &err.problems[0];
+    assert_eq!(p.path, "tools[0].params.n.default");
+    assert!(p.message.contains("which is outside that range"), "{p:?}");
+}

@@ -10,4 +10,5 @@ mod fleet;
 mod mcp;
 mod membership;
 mod policy;
+mod signed;
 mod tidy;

@@ -16,7 +16,7 @@ use indexmap::IndexMap;
 
 use serde_json::Value;
 
-use crate::config::{CommandElement, Param, ParamType};
+use super::{CommandElement, Param, ParamType};
 
 /// One part of an argv element.
 #[derive(Clone, Debug, PartialEq, Eq)]

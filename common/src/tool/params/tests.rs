@@ -1,13 +1,9 @@
 //! Every rule a parameter can set, checked against the arguments that should pass it and the
 //! ones that should not: this is where a call's input meets the command line.
 
-use std::collections::HashMap;
-use std::path::Path;
-
 use serde_json::json;
 
 use super::*;
-use crate::catalog::Catalog;
 
 /// A parameter named `p` with `spec` (the YAML `params.p` mapping, as JSON), its regexes
 /// compiled the way the catalog does.
@@ -48,9 +44,6 @@ fn args(v: Value) -> Map<String, Value> {
 }
 
 /// The one place the tests go through the config file: parse and check `yaml`.
-fn catalog(yaml: &str) -> Result<Catalog, crate::config::Error> {
-    crate::catalog::parse(yaml, Path::new("t.yaml"), &HashMap::new())
-}
 
 // --- strings ---
 
@@ -597,43 +590,4 @@ fn the_input_schema_refuses_additional_properties_and_lists_what_is_required() {
         Value::Object(input_schema(&[])),
         json!({"type": "object", "properties": {}, "additionalProperties": false})
     );
-}
-
-// --- through the config file ---
-
-#[test]
-fn a_configured_tool_checks_arguments_before_building_its_command() {
-    let catalog = catalog(
-        "tools:\n  - name: t\n    command: [/bin/echo, '{{n}}']\n    params:\n      n: {type: integer, maximum: 100}\n",
-    )
-    .unwrap();
-    let tool = catalog.tool("t").unwrap();
-    let exec = tool
-        .prepare(Some(&args(json!({"n": wire("1.0")}))))
-        .unwrap();
-    assert_eq!(exec.argv, ["/bin/echo", "1"]);
-    let errors = tool
-        .prepare(Some(&args(json!({"n": wire("9223372036854775808")}))))
-        .unwrap_err();
-    assert!(
-        errors[0].rule.ends_with("which is outside that range"),
-        "{errors:?}"
-    );
-    let errors = tool.prepare(Some(&args(json!({"n": 101})))).unwrap_err();
-    assert_eq!(
-        errors[0].to_string(),
-        "parameter `n`: must be at most 100 (got 101)"
-    );
-}
-
-#[test]
-fn a_default_outside_the_64_bit_range_is_a_config_error_that_says_so() {
-    let err = catalog(
-        "tools:\n  - name: t\n    command: [/bin/echo, '{{n}}']\n    params:\n      n: {type: integer, default: 9223372036854775808}\n",
-    )
-    .unwrap_err();
-    assert_eq!(err.problems.len(), 1, "{:#?}", err.problems);
-    let p = &err.problems[0];
-    assert_eq!(p.path, "tools[0].params.n.default");
-    assert!(p.message.contains("which is outside that range"), "{p:?}");
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use regex::Regex;
 use serde_json::{Map, Value, json};
 
-use crate::config::{Param, ParamType, StringRules};
+use super::{Param, ParamType, StringRules};
 
 /// A parameter ready to check arguments: its rules with the regexes compiled.
 #[derive(Debug, Clone)]
@@ -379,7 +379,7 @@ pub fn compile(
     p: &str,
     problem: &mut dyn FnMut(String, String),
 ) -> CompiledParam {
-    if !crate::template::is_param_name(name) {
+    if !super::template::is_param_name(name) {
         problem(
             p.to_owned(),
             "a parameter name starts with a letter or `_` and has only letters, digits and `_` (at most 64)".into(),
