@@ -553,26 +553,7 @@ impl Policy {
         if d.max_output != exec.max_output {
             return differs("max_output".into());
         }
-        let container_as_signed = match (&d.container, &exec.container) {
-            (None, None) => true,
-            (Some(c), Some(spec)) => {
-                c.image == spec.image
-                    && c.memory == spec.memory
-                    && c.cpus == spec.cpus
-                    && c.pids == spec.pids
-                    && c.network == spec.network
-                    && c.read_only == spec.read_only
-                    && c.user == spec.user
-                    && c.pull_never == (spec.pull == mcpfier_exec::Pull::Never)
-                    && c.mounts.len() == spec.mounts.len()
-                    && c.mounts
-                        .iter()
-                        .zip(&spec.mounts)
-                        .all(|(m, s)| m.source == s.source && m.target == s.target && m.rw == s.rw)
-            }
-            _ => false,
-        };
-        if !container_as_signed {
+        if d.container.as_ref().map(ContainerSpec::from) != exec.container {
             return differs("container".into());
         }
         Ok(())

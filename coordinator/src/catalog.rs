@@ -424,7 +424,8 @@ fn build_tool(
     problems: &mut Vec<Problem>,
 ) -> Option<Tool> {
     let before = problems.len();
-    let definition: Arc<[u8]> = signing::definition(&section).canonical().into();
+    let signable = signing::definition(&section);
+    let definition: Arc<[u8]> = signable.canonical().into();
     let mut problem = |path: String, message: String| problems.push(Problem::new(path, message));
 
     let params: Vec<CompiledParam> = section
@@ -486,10 +487,13 @@ fn build_tool(
             );
         }
     }
-    let container = section
+    if let Some(c) = &section.container {
+        container::check(c, &format!("{at}.container"), &mut problem);
+    }
+    let container = signable
         .container
         .as_ref()
-        .map(|c| container::build(c, &format!("{at}.container"), &mut problem));
+        .map(mcpfier_exec::ContainerSpec::from);
     if section.concurrency == Some(0) {
         problem(format!("{at}.concurrency"), "must be at least 1".into());
     }

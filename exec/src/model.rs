@@ -217,6 +217,35 @@ impl Captured {
     }
 }
 
+impl From<&mcpfier_common::tool::signed::ContainerDefinition> for ContainerSpec {
+    /// The spec a signed container section asks for.
+    fn from(c: &mcpfier_common::tool::signed::ContainerDefinition) -> Self {
+        ContainerSpec {
+            image: c.image.clone(),
+            memory: c.memory,
+            cpus: c.cpus,
+            pids: c.pids,
+            network: c.network.clone(),
+            read_only: c.read_only,
+            user: c.user.clone(),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|m| BindMount {
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    rw: m.rw,
+                })
+                .collect(),
+            pull: if c.pull_never {
+                Pull::Never
+            } else {
+                Pull::Missing
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

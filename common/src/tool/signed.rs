@@ -30,6 +30,11 @@ use super::{CommandElement, Param};
 /// be taken for a signature over anything else.
 const DOMAIN: &[u8] = b"mcpfier tool definition v1\n";
 
+/// What a signature covers: [`DOMAIN`], then the definition's bytes.
+fn message(definition: &[u8]) -> Vec<u8> {
+    [DOMAIN, definition].concat()
+}
+
 /// The first line of a signature file's `format`.
 const FORMAT: &str = "mcpfier-tool-signatures/1";
 
@@ -229,11 +234,8 @@ impl PublicKey {
 
     /// Whether `signature` is this key's over `definition` (the canonical bytes).
     pub fn verifies(&self, definition: &[u8], signature: &[u8]) -> bool {
-        let mut message = Vec::with_capacity(DOMAIN.len() + definition.len());
-        message.extend_from_slice(DOMAIN);
-        message.extend_from_slice(definition);
         UnparsedPublicKey::new(&ED25519, &self.bytes)
-            .verify(&message, signature)
+            .verify(&message(definition), signature)
             .is_ok()
     }
 }
@@ -289,10 +291,7 @@ impl SigningKey {
 
     /// The signature over `definition` (canonical bytes).
     pub fn sign(&self, definition: &[u8]) -> Vec<u8> {
-        let mut message = Vec::with_capacity(DOMAIN.len() + definition.len());
-        message.extend_from_slice(DOMAIN);
-        message.extend_from_slice(definition);
-        self.pair.sign(&message).as_ref().to_vec()
+        self.pair.sign(&message(definition)).as_ref().to_vec()
     }
 }
 

@@ -1,15 +1,10 @@
-//! Checks a tool's `container` section and turns it into the engine's [`ContainerSpec`].
+//! Checks a tool's `container` section. The engine's `ContainerSpec` is made from the tool's
+//! signable definition (`signing::definition`), so what runs is what a signature covers.
 
-use mcpfier_exec::{BindMount, ContainerSpec, Pull};
+use crate::config::ContainerSection;
 
-use crate::config::{ContainerSection, PullPolicy};
-
-/// The spec of `c` (at path `p`); every problem goes to `problem`.
-pub(super) fn build(
-    c: &ContainerSection,
-    p: &str,
-    problem: &mut dyn FnMut(String, String),
-) -> ContainerSpec {
+/// Checks `c` (at path `p`); every problem goes to `problem`.
+pub(super) fn check(c: &ContainerSection, p: &str, problem: &mut dyn FnMut(String, String)) {
     if c.image.trim().is_empty() {
         problem(
             format!("{p}.image"),
@@ -38,27 +33,5 @@ pub(super) fn build(
                 "source and target must be absolute paths".into(),
             );
         }
-    }
-    ContainerSpec {
-        image: c.image.clone(),
-        memory: c.memory.bytes(),
-        cpus: c.cpus,
-        pids: c.pids,
-        network: c.network.clone(),
-        read_only: c.read_only,
-        user: c.user.clone(),
-        mounts: c
-            .mounts
-            .iter()
-            .map(|m| BindMount {
-                source: m.source.display().to_string(),
-                target: m.target.clone(),
-                rw: m.rw,
-            })
-            .collect(),
-        pull: match c.pull {
-            PullPolicy::Never => Pull::Never,
-            PullPolicy::Missing => Pull::Missing,
-        },
     }
 }
