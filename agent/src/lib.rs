@@ -9,7 +9,6 @@
 
 pub mod calls;
 pub mod config;
-pub mod lifeline;
 pub mod membership;
 pub mod policy;
 pub mod server;

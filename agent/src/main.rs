@@ -11,11 +11,11 @@ use anyhow::Context;
 use clap::Parser;
 use mcpfier_agent::calls::Calls;
 use mcpfier_agent::config;
-use mcpfier_agent::lifeline;
 use mcpfier_agent::membership::{self, Membership};
 use mcpfier_agent::server::{self, TlsState};
 use mcpfier_agent::service::{Admission, AgentService};
 use mcpfier_exec::Executor;
+use mcpfier_exec::lifeline;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,19 +44,13 @@ struct Cli {
     /// Logs as JSON lines.
     #[arg(long)]
     log_json: bool,
-    /// Internal: run as the supervisor of the agent's call cgroups under DIR (the agent
-    /// starts it; see `lifeline`).
-    #[arg(long, value_name = "DIR", hide = true, requires_all = ["owner", "agent_pid"])]
-    cgroup_supervisor: Option<PathBuf>,
-    /// Internal: the supervised agent's id.
-    #[arg(long, value_name = "ID", hide = true)]
-    owner: Option<String>,
-    /// Internal: the supervised agent's pid.
-    #[arg(long, value_name = "PID", hide = true)]
-    agent_pid: Option<u32>,
 }
 
 fn main() -> ExitCode {
+    // The agent's own cgroup supervisor (see `mcpfier_exec::lifeline`) runs this binary too.
+    if let Some(supervised) = lifeline::supervisor_requested() {
+        return lifeline::run_supervisor(supervised);
+    }
     let cli = Cli::parse();
     let from_env = std::env::var("MCPFIER_LOG").ok();
     if let Err(e) = mcpfier_common::logging::init(
@@ -75,19 +69,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let (Some(base), Some(owner), Some(pid)) = (
-        cli.cgroup_supervisor.clone(),
-        cli.owner.clone(),
-        cli.agent_pid,
-    ) {
-        return match runtime.block_on(lifeline::supervise(base, owner, pid)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -118,7 +99,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let call_tasks = TaskTracker::new();
     tasks.spawn(evict_finished_calls(calls.clone(), shutdown.clone()));
     let executor = Executor::new(config.id.clone());
-    let (cgroups, _lifeline) = lifeline::start(&config.id, &executor).await;
+    let (cgroups, supervisor) = lifeline::start(&config.id, &executor).await;
+    if let (Some(l), Some(c)) = (&supervisor, &cgroups) {
+        info!(pid = l.pid(), cgroup = %c.base().display(), "cgroup supervisor started");
+    }
     let executor = match cgroups {
         Some(c) => executor.with_cgroups(c),
         None => executor,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcpfier_exec::lifeline::{self, Lifeline};
 use mcpfier_exec::{ErrorKind, Event, Execution, Executor, HasKind, Outcome, executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc::UnboundedSender};
 use tokio_util::sync::CancellationToken;
@@ -77,6 +78,8 @@ pub struct Dispatcher {
     fleet: Option<Arc<Fleet>>,
     /// Runs in-process calls (processes, and containers through the local Docker Engine).
     executor: Executor,
+    /// The supervisor of in-process calls' cgroups, while this dispatcher lives.
+    _lifeline: Option<Arc<Lifeline>>,
 }
 
 /// The owner label of containers an embedded coordinator starts.
@@ -92,18 +95,21 @@ impl Dispatcher {
             catalog,
             fleet: None,
             executor: Executor::new(embedded_owner()),
+            _lifeline: None,
         }
     }
 
     /// A dispatcher for the catalog's mode: the fleet when the config has one, else this
-    /// process. Its long-running parts (the fleet's health loop and etcd follower, or the
+    /// process, with a cgroup per call where this host allows (see
+    /// [`mcpfier_exec::lifeline`]). Its long-running parts (the fleet's health loop and etcd follower, or the
     /// container reaper) run in `tasks` until `shutdown`; the caller waits for `tasks`.
     pub async fn start(
         catalog: Arc<Catalog>,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let executor = Executor::new(embedded_owner());
+        let mut executor = Executor::new(embedded_owner());
+        let mut lifeline = None;
         let fleet = match &catalog.fleet {
             Some(settings) => {
                 let (fleet, health) = Fleet::build(settings, tasks).await?;
@@ -118,6 +124,11 @@ impl Dispatcher {
                 Some(fleet)
             }
             None => {
+                let (cgroups, supervisor) = lifeline::start(&embedded_owner(), &executor).await;
+                if let Some(cgroups) = cgroups {
+                    executor = executor.with_cgroups(cgroups);
+                }
+                lifeline = supervisor.map(Arc::new);
                 if catalog.tools.values().any(|t| t.container.is_some()) {
                     // Leftovers of an earlier crash go now, and then every minute.
                     tasks.spawn(executor.reaper().run(shutdown));
@@ -129,6 +140,7 @@ impl Dispatcher {
             catalog,
             fleet,
             executor,
+            _lifeline: lifeline,
         })
     }
 

@@ -24,6 +24,11 @@ mod cli;
 use cli::{CallArgs, CatalogCommand, CertRole, CertsCommand, Cli, Client, Command};
 
 fn main() -> ExitCode {
+    // The cgroup supervisor of in-process calls (see `mcpfier_exec::lifeline`) runs this
+    // binary too.
+    if let Some(supervised) = mcpfier_exec::lifeline::supervisor_requested() {
+        return mcpfier_exec::lifeline::run_supervisor(supervised);
+    }
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
     if let Err(e) = mcpfier_common::logging::init(

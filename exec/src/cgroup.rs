@@ -4,9 +4,9 @@
 //!
 //! Layout: `<cgroup2 mount><own cgroup>/mcpfier-<owner>/<pid>/<call id>`, one `<pid>`
 //! directory per running process of that owner (two agents with one id on a host, as tests
-//! run them, never touch each other's calls). The child enters its
-//! call's cgroup between fork and exec (it writes `0` to `cgroup.procs`), so it can't fork
-//! anything outside it first. When the call ends, `cgroup.kill` kills every process in it
+//! run them, never touch each other's calls). The child is created inside its call's cgroup
+//! (clone3 `CLONE_INTO_CGROUP`, see [`crate::spawn`]), so it can't fork anything outside it
+//! first. When the call ends, `cgroup.kill` kills every process in it
 //! and the directory is removed. Only the controllers-free parts of cgroup v2 are used
 //! (`cgroup.procs`, `cgroup.kill`, `cgroup.events`), so it works on hybrid hosts where v2
 //! is mounted beside v1 without the memory or pids controllers.
@@ -47,11 +47,11 @@ pub enum Unavailable {
     },
 }
 
-/// One call's cgroup: the child joins it through [`CallGroup::procs`]; dropping it kills
-/// what is left inside and removes it.
+/// One call's cgroup: the child is started in it (through [`CallGroup::dir_fd`]); dropping
+/// it kills what is left inside and removes it.
 pub struct CallGroup {
     dir: PathBuf,
-    procs: File,
+    dir_fd: File,
 }
 
 impl Cgroups {
@@ -97,10 +97,14 @@ impl Cgroups {
     pub fn call(&self, call_id: &str) -> io::Result<CallGroup> {
         let dir = self.base.join(sanitize(call_id));
         std::fs::create_dir(&dir)?;
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))?;
-        Ok(CallGroup { dir, procs })
+        let dir_fd = match File::open(&dir) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(e);
+            }
+        };
+        Ok(CallGroup { dir, dir_fd })
     }
 
     /// Kills and removes what earlier processes of this owner left: the cgroups of every
@@ -131,10 +135,14 @@ impl Cgroups {
 }
 
 impl CallGroup {
-    /// The open `cgroup.procs` of this call: a child that writes `0` to it (between fork and
-    /// exec) joins the cgroup.
-    pub fn procs(&self) -> &File {
-        &self.procs
+    /// The cgroup's directory, open: what `CLONE_INTO_CGROUP` takes.
+    pub fn dir_fd(&self) -> &File {
+        &self.dir_fd
+    }
+
+    /// The cgroup's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Kills everything still in the call's cgroup (descendants that left the process group

@@ -3,7 +3,8 @@
 //! [`model`] says what to run and what came of it; [`process`] runs it as a process group
 //! with a clean environment, closed stdin, capped output, a timeout and cancellation;
 //! [`container`] runs it in a hardened Docker container through the Engine API;
-//! [`executor`] is the one place that chooses between them. [`error`] is the table of every
+//! [`executor`] is the one place that chooses between them; [`lifeline`] makes sure nothing
+//! a call started outlives the process that ran it. [`error`] is the table of every
 //! error kind a call can end with. [`wire`]
 //! converts all of it to and from the agent protocol (`mcpfier-proto`), so the coordinator
 //! and the agent agree by construction. The coordinator links this crate to run tools
@@ -15,8 +16,10 @@ pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod executor;
+pub mod lifeline;
 pub mod model;
 pub mod process;
+mod spawn;
 pub mod wire;
 
 pub use error::{ErrorKind, HasKind};

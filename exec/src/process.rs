@@ -9,18 +9,20 @@
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::CallGroup;
 use crate::error::{ErrorKind, HasKind};
 use crate::model::{Captured, Chunk, DEFAULT_PATH, Event, Execution, Outcome, Stream};
+use crate::spawn;
 
 /// How long output is still read after the process group is gone. A descendant that left the
 /// group (setsid) could otherwise hold the pipes open forever.
@@ -71,8 +73,8 @@ impl HasKind for Error {
 /// When `events` is given, it gets [`Event::Started`] and then output within the caps as it
 /// arrives. A non-zero exit is an [`Outcome`], not an error; errors mean nothing ran.
 ///
-/// With `group`, the child joins that cgroup before it execs, and everything in the cgroup is
-/// killed when the run ends: descendants that left the process group (`setsid`) too.
+/// With `group`, the child starts inside that cgroup, and everything in the cgroup is killed
+/// when the run ends: descendants that left the process group (`setsid`) too.
 pub async fn run(
     exec: &Execution,
     events: Option<UnboundedSender<Event>>,
@@ -85,54 +87,54 @@ pub async fn run(
     {
         return Err(Error::Workdir(dir.clone()));
     }
-    let path_var = exec.env.iter().find(|v| v.name == "PATH");
+    let path_var = exec.env.iter().rfind(|v| v.name == "PATH");
     let path = path_var.map_or(DEFAULT_PATH, |v| v.value.as_str());
     let path_shown = match path_var {
         Some(v) if v.secret => "(the tool's PATH, a secret)",
         _ => path,
     };
-
-    let mut cmd = match &exec.program {
-        Some(resolved) => {
-            let mut cmd = tokio::process::Command::new(resolved);
-            cmd.arg0(program);
-            cmd
-        }
-        None => tokio::process::Command::new(program),
-    };
-    cmd.args(&exec.argv[1..])
-        .env_clear()
-        .env("PATH", path)
-        .envs(exec.env.iter().map(|v| (&v.name, &v.value)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(dir) = &exec.workdir {
-        cmd.current_dir(dir);
-    }
-    if let Some(cgroup) = &group {
-        join_before_exec(&mut cmd, cgroup);
-    }
-    let group_of_call = group;
-
-    let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+    let spawn_error = |source| Error::Spawn {
         program: program.clone(),
         path: path_shown.to_owned(),
         source,
-    })?;
-    let mut group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+    };
+    let resolved = match &exec.program {
+        Some(resolved) => resolved.clone(),
+        None => spawn::resolve(program, path, exec.workdir.as_deref()).ok_or_else(|| {
+            spawn_error(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such program on the PATH",
+            ))
+        })?,
+    };
+    let mut env: Vec<(&str, &str)> = vec![("PATH", path)];
+    env.extend(
+        exec.env
+            .iter()
+            .filter(|v| v.name != "PATH")
+            .map(|v| (v.name.as_str(), v.value.as_str())),
+    );
+
+    let started = Instant::now();
+    let spawned = spawn::spawn(&spawn::Command {
+        program: resolved,
+        argv: &exec.argv,
+        env,
+        cwd: exec.workdir.as_deref(),
+        cgroup: group.as_ref(),
+    })
+    .map_err(spawn_error)?;
+    let mut child = spawned.child;
+    let mut group_guard = GroupGuard(Some(Pid::from_raw(child.id() as i32)));
     // Dropped with the future, the cgroup kills what is left in it.
-    let cgroup = group_of_call;
-    if let (Some(tx), Some(pid)) = (&events, child.id()) {
-        let _ = tx.send(Event::Started { pid });
+    let cgroup = group;
+    if let Some(tx) = &events {
+        let _ = tx.send(Event::Started { pid: child.id() });
     }
 
     let stop_reading = CancellationToken::new();
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let stderr = child.stderr.take().expect("stderr was piped");
+    let stdout = pipe::Receiver::from_owned_fd(spawned.stdout).map_err(Error::Wait)?;
+    let stderr = pipe::Receiver::from_owned_fd(spawned.stderr).map_err(Error::Wait)?;
     // Both streams are read in this future (no task of their own), so reading ends with the
     // call, and dropping the call drops the readers.
     let readers = async {
@@ -164,18 +166,18 @@ pub async fn run(
                 status = child.wait() => status.map_err(Error::Wait),
                 () = tokio::time::sleep(exec.timeout) => {
                     timed_out = true;
-                    group.signal(Signal::SIGTERM);
+                    group_guard.signal(Signal::SIGTERM);
                     match tokio::time::timeout(exec.kill_grace, child.wait()).await {
                         Ok(status) => status.map_err(Error::Wait),
                         Err(_) => {
-                            group.signal(Signal::SIGKILL);
+                            group_guard.signal(Signal::SIGKILL);
                             child.wait().await.map_err(Error::Wait)
                         }
                     }
                 }
                 () = cancel.cancelled() => {
                     cancelled = true;
-                    group.signal(Signal::SIGKILL);
+                    group_guard.signal(Signal::SIGKILL);
                     child.wait().await.map_err(Error::Wait)
                 }
             }
@@ -190,8 +192,8 @@ pub async fn run(
     };
     let duration = started.elapsed();
     // The leader is gone; anything it left in its group goes too, and in its cgroup.
-    group.signal(Signal::SIGKILL);
-    group.0 = None;
+    group_guard.signal(Signal::SIGKILL);
+    group_guard.0 = None;
     if let Some(cgroup) = cgroup {
         cgroup.finish();
     }
@@ -219,24 +221,6 @@ pub async fn run(
         duration,
         oom_killed: false,
     })
-}
-
-/// Makes the child join `cgroup` between fork and exec, so it can't start anything outside it.
-#[allow(unsafe_code)]
-fn join_before_exec(cmd: &mut tokio::process::Command, cgroup: &CallGroup) {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    let procs = cgroup.procs().as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // calls are allowed: it makes one write(2) system call on a descriptor the parent keeps
-    // open until the spawn returns (the `CallGroup` outlives `spawn`), and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = BorrowedFd::borrow_raw(procs);
-            nix::unistd::write(fd, b"0")
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
-    }
 }
 
 /// Kills the whole process group when dropped while still armed.

@@ -308,7 +308,7 @@ fn a_restarted_agent_kills_what_its_killed_predecessor_left() {
     // ...which the next agent with its id kills at start, and says so.
     let again = Agent::start(scratch.path(), &certs, "r1", "");
     again.process.wait_for_log(
-        "killed processes an earlier run of this agent left",
+        "killed processes an earlier run left",
         Duration::from_secs(10),
     );
     assert_all_gone(&pids, Duration::from_secs(2));

@@ -5,6 +5,7 @@ mod chaos;
 mod cli;
 mod container;
 mod dispatch;
+mod embedded;
 mod etcd_auth;
 mod fleet;
 mod mcp;
