@@ -2,18 +2,23 @@
 //! that left the process group, and — with the [`supervise`] lifeline — not the commands of
 //! an agent killed with SIGKILL.
 //!
-//! Layout: `<cgroup2 mount><own cgroup>/mcpfier-<owner>/<pid>/<call id>`, one `<pid>`
+//! Layout: `<cgroup2 mount><own cgroup>/mcpfier-<owner>/<pid>/call-<n>`, one `<pid>`
 //! directory per running process of that owner (two agents with one id on a host, as tests
-//! run them, never touch each other's calls). The child is created inside its call's cgroup
+//! run them, never touch each other's calls). A call cgroup left empty by its call is kept
+//! (up to 64) and handed to a later call, so the common call costs one read of
+//! `cgroup.events` instead of a mkdir, two opens and an rmdir; one that still holds
+//! processes is killed and removed, never reused. The child is created inside its call's cgroup
 //! (clone3 `CLONE_INTO_CGROUP`, see [`crate::spawn`]), so it can't fork anything outside it
-//! first. When the call ends, `cgroup.kill` kills every process in it
-//! and the directory is removed. Only the controllers-free parts of cgroup v2 are used
+//! first. When the call ends, `cgroup.kill` kills every process still in it. Only the controllers-free parts of cgroup v2 are used
 //! (`cgroup.procs`, `cgroup.kill`, `cgroup.events`), so it works on hybrid hosts where v2
 //! is mounted beside v1 without the memory or pids controllers.
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -21,10 +26,29 @@ use tracing::{info, warn};
 /// How long a killed cgroup may take to empty before its removal is left to the next reap.
 const EMPTY_WITHIN: Duration = Duration::from_secs(2);
 
+/// How many empty call cgroups are kept for reuse.
+const IDLE_KEPT: usize = 64;
+
 /// The cgroups of one owner's calls.
 #[derive(Clone, Debug)]
 pub struct Cgroups {
     base: PathBuf,
+    idle: Arc<Idle>,
+}
+
+/// Empty call cgroups kept for the next calls, so a call costs no mkdir, open and rmdir.
+#[derive(Debug, Default)]
+struct Idle {
+    slots: Mutex<Vec<Slot>>,
+    next: AtomicU64,
+}
+
+/// A call cgroup's directory and the two files a call uses, kept open.
+#[derive(Debug)]
+struct Slot {
+    dir: PathBuf,
+    dir_fd: File,
+    events: File,
 }
 
 /// Why per-call cgroups are not available here.
@@ -47,11 +71,12 @@ pub enum Unavailable {
     },
 }
 
-/// One call's cgroup: the child is started in it (through [`CallGroup::dir_fd`]); dropping
-/// it kills what is left inside and removes it.
+/// One call's cgroup: the child is started in it (through [`CallGroup::dir_fd`]).
+/// [`CallGroup::finish`] kills what is left inside, and keeps the cgroup for a later call
+/// when it is empty; dropping it unfinished (a call abandoned mid-run) kills and removes it.
 pub struct CallGroup {
-    dir: PathBuf,
-    dir_fd: File,
+    slot: Option<Slot>,
+    idle: Arc<Idle>,
 }
 
 impl Cgroups {
@@ -85,7 +110,10 @@ impl Cgroups {
                 io::Error::new(io::ErrorKind::NotFound, "no cgroup.kill"),
             ));
         }
-        Ok(Cgroups { base })
+        Ok(Cgroups {
+            base,
+            idle: Arc::default(),
+        })
     }
 
     /// The directory all of this owner's call cgroups live in.
@@ -93,18 +121,47 @@ impl Cgroups {
         &self.base
     }
 
-    /// A new cgroup for call `call_id`.
-    pub fn call(&self, call_id: &str) -> io::Result<CallGroup> {
-        let dir = self.base.join(sanitize(call_id));
-        std::fs::create_dir(&dir)?;
-        let dir_fd = match File::open(&dir) {
-            Ok(fd) => fd,
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                return Err(e);
+    /// An empty cgroup for one call: one an earlier call left empty, or a new one.
+    pub fn call(&self) -> io::Result<CallGroup> {
+        let reused = self.idle.slots.lock().expect("not poisoned").pop();
+        let slot = match reused {
+            Some(slot) => slot,
+            None => {
+                let n = self.idle.next.fetch_add(1, Ordering::Relaxed);
+                let dir = self.base.join(format!("call-{n}"));
+                std::fs::create_dir(&dir)?;
+                let opened = File::open(&dir).and_then(|dir_fd| {
+                    let events = File::open(dir.join("cgroup.events"))?;
+                    Ok((dir_fd, events))
+                });
+                match opened {
+                    Ok((dir_fd, events)) => Slot {
+                        dir,
+                        dir_fd,
+                        events,
+                    },
+                    Err(e) => {
+                        let _ = std::fs::remove_dir(&dir);
+                        return Err(e);
+                    }
+                }
             }
         };
-        Ok(CallGroup { dir, dir_fd })
+        Ok(CallGroup {
+            slot: Some(slot),
+            idle: self.idle.clone(),
+        })
+    }
+
+    /// Removes the empty cgroups kept for reuse, and this process's directory when nothing
+    /// else is in it (at shutdown; a dead process's are reaped by [`Cgroups::reap_stale`]
+    /// or its supervisor).
+    pub fn close(&self) {
+        let idle = std::mem::take(&mut *self.idle.slots.lock().expect("not poisoned"));
+        for slot in idle {
+            let _ = std::fs::remove_dir(&slot.dir);
+        }
+        let _ = std::fs::remove_dir(&self.base);
     }
 
     /// Kills and removes what earlier processes of this owner left: the cgroups of every
@@ -135,58 +192,78 @@ impl Cgroups {
 }
 
 impl CallGroup {
+    fn slot(&self) -> &Slot {
+        self.slot
+            .as_ref()
+            .expect("a call group has its slot until it is finished")
+    }
+
     /// The cgroup's directory, open: what `CLONE_INTO_CGROUP` takes.
     pub fn dir_fd(&self) -> &File {
-        &self.dir_fd
+        &self.slot().dir_fd
     }
 
     /// The cgroup's directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.slot().dir
     }
 
     /// Kills everything still in the call's cgroup (descendants that left the process group
     /// included).
     pub fn kill(&self) {
-        if let Err(e) = write_kill(&self.dir) {
-            warn!(cgroup = %self.dir.display(), error = %e, "could not kill the call's cgroup");
+        if let Err(e) = write_kill(self.dir()) {
+            warn!(cgroup = %self.dir().display(), error = %e, "could not kill the call's cgroup");
         }
     }
-}
 
-impl CallGroup {
-    /// Kills what is left in the call's cgroup and removes it. The call does not wait for
-    /// killed processes to finish exiting: SIGKILL is delivered, and a cgroup still emptying
-    /// is removed off the call's path (see `Drop`). A call whose leader left nothing behind,
-    /// the common case, costs one read and one rmdir.
-    pub fn finish(self) {
-        if populated(&self.dir) {
-            self.kill();
+    /// Ends the call's use of its cgroup. Empty (the common case: the leader left nothing
+    /// behind), it is kept for a later call, at the cost of one read. Otherwise what is left
+    /// is killed, and the cgroup is removed off the call's path once it has emptied (see
+    /// `Drop`): the call does not wait for killed processes to finish exiting.
+    pub fn finish(mut self) {
+        let slot = self.slot.take().expect("finished once");
+        let mut buf = [0u8; 128];
+        let empty = slot
+            .events
+            .read_at(&mut buf, 0)
+            .map(|n| {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                text.lines().any(|l| l == "populated 0")
+            })
+            .unwrap_or(false);
+        if empty {
+            let mut idle = self.idle.slots.lock().expect("not poisoned");
+            if idle.len() < IDLE_KEPT {
+                idle.push(slot);
+                return;
+            }
+            drop(idle);
+            let _ = std::fs::remove_dir(&slot.dir);
+            return;
         }
+        self.slot = Some(slot);
+        self.kill();
         // Drop removes it.
     }
 }
 
 impl Drop for CallGroup {
     fn drop(&mut self) {
-        let _ = write_kill(&self.dir);
-        match std::fs::remove_dir(&self.dir) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let _ = write_kill(&slot.dir);
+        drop((slot.dir_fd, slot.events));
+        match std::fs::remove_dir(&slot.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // Still emptying (a call abandoned mid-run): finish in a thread of its own.
             Err(_) => {
-                let dir = self.dir.clone();
+                let dir = slot.dir;
                 std::thread::spawn(move || kill_and_remove(&dir));
             }
         }
     }
-}
-
-/// Whether any process is still in the cgroup at `dir`.
-fn populated(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .map(|e| e.lines().any(|l| l == "populated 1"))
-        .unwrap_or(false)
 }
 
 fn write_kill(dir: &Path) -> io::Result<()> {

@@ -153,7 +153,7 @@ impl Executor {
         match &exec.container {
             None => {
                 let group = match &self.cgroups {
-                    Some(cgroups) => Some(cgroups.call(call_id).map_err(process::Error::Cgroup)?),
+                    Some(cgroups) => Some(cgroups.call().map_err(process::Error::Cgroup)?),
                     None => None,
                 };
                 Ok(process::run(exec, events, cancel, group).await?)

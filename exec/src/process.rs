@@ -390,20 +390,43 @@ mod tests {
         assert!(alive(escaped), "the control daemon should have survived");
         let _ = nix::sys::signal::kill(Pid::from_raw(escaped), Signal::SIGKILL);
         // ...with it, it does not.
-        let group = cgroups.call("setsid").unwrap();
+        let group = cgroups.call().unwrap();
+        let held_a_daemon = group.dir().to_owned();
         let daemon = leave_a_daemon(Some(group)).await;
         assert!(
             wait_until_dead(daemon).await,
             "daemon {daemon} outlived its call"
         );
-        // A cgroup still emptying is removed off the call's path: poll for it.
-        let gone = cgroups.base().join("setsid");
+        // A cgroup that still held processes is removed (off the call's path: poll for it)...
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while gone.exists() && std::time::Instant::now() < deadline {
+        while held_a_daemon.exists() && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(!gone.exists(), "the call's cgroup was left");
-        let _ = std::fs::remove_dir(cgroups.base());
+        assert!(!held_a_daemon.exists(), "the call's cgroup was left");
+        // ...and never handed out again; one its call left empty is.
+        let group = cgroups.call().unwrap();
+        let emptied = group.dir().to_owned();
+        assert_ne!(emptied, held_a_daemon);
+        let out = run(
+            &exec(&["/bin/true"]),
+            None,
+            CancellationToken::new(),
+            Some(group),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.exit_code, Some(0));
+        let again = cgroups.call().unwrap();
+        assert_eq!(again.dir(), emptied, "an empty cgroup was not reused");
+        let procs = std::fs::read_to_string(again.dir().join("cgroup.procs")).unwrap();
+        assert_eq!(procs, "", "a reused cgroup must be empty");
+        again.finish();
+        cgroups.close();
+        assert!(
+            !cgroups.base().exists(),
+            "close left {}",
+            cgroups.base().display()
+        );
     }
 
     #[tokio::test]

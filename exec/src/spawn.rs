@@ -633,7 +633,7 @@ mod tests {
     #[tokio::test]
     async fn the_child_starts_inside_its_cgroup() {
         let groups = cgroups("into");
-        let group = groups.call("c1").unwrap();
+        let group = groups.call().unwrap();
         let expected = group.dir().to_owned();
         let seen = stdout_of(&exec(&["/bin/cat", "/proc/self/cgroup"]), Some(group)).await;
         assert!(
@@ -641,13 +641,13 @@ mod tests {
             "the child was in {seen:?}, not {}",
             expected.display()
         );
-        let _ = std::fs::remove_dir(groups.base());
+        groups.close();
     }
 
     #[tokio::test]
     async fn the_forked_way_starts_the_child_inside_its_cgroup_too() {
         let groups = cgroups("forked");
-        let group = groups.call("c1").unwrap();
+        let group = groups.call().unwrap();
         let argv = ["/bin/cat".to_owned(), "/proc/self/cgroup".to_owned()];
         let spawned = forked::spawn(&Command {
             program: PathBuf::from("/bin/cat"),
@@ -671,7 +671,7 @@ mod tests {
             "{seen:?}"
         );
         drop(group);
-        let _ = std::fs::remove_dir(groups.base());
+        groups.close();
     }
 
     #[tokio::test]
