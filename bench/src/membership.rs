@@ -149,14 +149,17 @@ pub fn run(dir: &Path, certs: &Path, measure: Duration) -> anyhow::Result<()> {
     let (latencies, steady) = rt.block_on(async {
         let etcd = Etcd::connect(std::slice::from_ref(&endpoint)).await?;
         let lease = etcd.grant(Duration::from_secs(60)).await?;
-        let record = |i: usize| AgentRecord {
+        // One run of each simulated agent: its re-puts keep `started_at`, as a real agent's
+        // do (a new `started_at` is a restart, which the coordinator checks at once).
+        let started_at = now_ms();
+        let record = move |i: usize| AgentRecord {
             address: "127.0.0.1:9".into(),
             labels: BTreeMap::from([("pool".into(), format!("sim-{}", i % 10))]),
             capacity: 8,
             running: 0,
             version: "sim".into(),
             protocol_version: "1.0".into(),
-            started_at: now_ms(),
+            started_at,
             updated_at: now_ms(),
             draining: false,
             capabilities: vec!["local-exec".into()],

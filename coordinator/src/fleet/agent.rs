@@ -42,6 +42,11 @@ pub(super) struct Status {
     /// `started_at` of the etcd record the agent joined with: a new one means a new run of
     /// the agent, whose `Info` is read again.
     pub(super) record_started_at: Option<u64>,
+    /// Checks in a row that failed (reset by one that succeeds).
+    pub(super) failed_checks: u32,
+    /// When the health loop checks this (unhealthy, etcd) agent again; `None`: at its next
+    /// tick.
+    pub(super) next_check: Option<std::time::Instant>,
 }
 
 impl Status {
@@ -147,6 +152,11 @@ impl Agent {
             .clone()
     }
 
+    /// Reads the status in place, without copying it.
+    pub(super) fn with_status<T>(&self, f: impl FnOnce(&Status) -> T) -> T {
+        f(&self.status.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Changes the status; tells routing watchers when it matters to them.
     pub(super) fn update(&self, f: impl FnOnce(&mut Status)) {
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
@@ -247,6 +257,7 @@ impl Agent {
         let was = self.status().healthy;
         self.update(|s| {
             s.healthy = false;
+            s.failed_checks = s.failed_checks.saturating_add(1);
             s.last_error = Some(why.to_owned());
             // Whoever answers next at this address says again who it is and what it offers.
             s.info_known = false;
@@ -343,6 +354,8 @@ impl Agent {
                     s.capacity = h.capacity.max(1);
                     s.draining = h.draining;
                     s.last_error = None;
+                    s.failed_checks = 0;
+                    s.next_check = None;
                 });
                 if !was {
                     info!(agent = %self.id, address = %self.address, "agent healthy");

@@ -120,6 +120,8 @@ impl Fleet {
                     a.update(|s| {
                         s.info_known = false;
                         s.record_started_at = Some(record.started_at);
+                        s.failed_checks = 0;
+                        s.next_check = None;
                     });
                 }
                 (a, restarted)

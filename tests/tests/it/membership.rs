@@ -752,3 +752,80 @@ fn a_record_pointing_at_a_tarpit_is_never_routable_and_costs_calls_nothing() {
     }
     drop(tarpit);
 }
+
+#[test]
+fn a_record_nobody_answers_at_is_dialled_less_and_less_and_again_at_once_when_it_restarts() {
+    let f = Fleet::start();
+    // Accepts each connection and closes it: every check of the record fails at once.
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closer.local_addr().unwrap().to_string();
+    let dials = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    {
+        let dials = dials.clone();
+        std::thread::spawn(move || {
+            for conn in closer.incoming() {
+                dials.lock().unwrap().push(Instant::now());
+                drop(conn);
+            }
+        });
+    }
+    let config = f.scratch.write(
+        "fast-health.yaml",
+        &format!(
+            "fleet:\n  tls: {}\n  etcd: {}\n  health_interval: 100ms\n{TOOLS}",
+            f.certs.tls_yaml("coord"),
+            f.etcd.yaml(PREFIX)
+        ),
+    );
+    let c = Coordinator::start(&config, &[], &[]);
+    wait_routed(&c, &["a", "b"], Duration::from_secs(10));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt
+        .block_on(mcpfier_common::membership::Etcd::connect(
+            std::slice::from_ref(&f.etcd.endpoint),
+        ))
+        .unwrap();
+    let lease = rt.block_on(etcd.grant(Duration::from_secs(60))).unwrap();
+    let put = |started_at: u64| {
+        let mut record = forged_record(&address, "a");
+        record.started_at = started_at;
+        rt.block_on(etcd.register(PREFIX, "mute", &record, lease))
+            .unwrap();
+    };
+    put(1);
+    let first = wait_for(Duration::from_secs(10), || {
+        dials.lock().unwrap().first().copied()
+    })
+    .expect("the coordinator dials the record's address");
+    // Measure over a window: checking every 100 ms would dial about 50 times in 5 s; backing
+    // off (100 ms doubling) dials about 7 times.
+    let window = Duration::from_secs(5);
+    while first.elapsed() < window {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let in_window = dials
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.duration_since(first) < window)
+        .count();
+    assert!(
+        (3..=12).contains(&in_window),
+        "{in_window} dials in {window:?} at a 100 ms health interval"
+    );
+    // A new run of the agent (a new started_at) is checked at once, not at the end of the
+    // backoff (the next check would come about 1.4 s from now).
+    let before = dials.lock().unwrap().len();
+    let restarted = Instant::now();
+    put(2);
+    wait_for(Duration::from_secs(10), || {
+        (dials.lock().unwrap().len() > before).then_some(())
+    })
+    .expect("the restarted record is dialled");
+    assert!(
+        restarted.elapsed() < Duration::from_millis(700),
+        "the restarted record was dialled {:?} after its put",
+        restarted.elapsed()
+    );
+    assert!(routed_ids(&c) == ["a", "b"], "{:?}", routed_ids(&c));
+}
