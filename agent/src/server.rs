@@ -84,19 +84,8 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let handshakes = tasks.clone();
     tasks.spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = accept_shutdown.cancelled() => return,
-            };
-            let _ = tcp.set_nodelay(true);
+        while let Some((tcp, peer)) = mcpfier_common::net::accept(&listener, &accept_shutdown).await
+        {
             let acceptor = tls.acceptor();
             let tx = tx.clone();
             handshakes.spawn(async move {

@@ -8,6 +8,7 @@
 pub mod glob;
 pub mod logging;
 pub mod membership;
+pub mod net;
 pub mod secret;
 pub mod tls;
 pub mod tool;

@@ -5,6 +5,10 @@
 //! accepts only clients with the coordinator role; a coordinator (client) accepts only a
 //! server with the agent role and the exact name it expects for that address. Chains must lead
 //! to the configured CA and be within their validity period. TLS 1.3 only, ring only.
+//!
+//! The MCP front door (`server.tls`) is the one exception: a public HTTPS server for MCP
+//! clients, with an ordinary web certificate, no client certificate, and TLS 1.2 or 1.3
+//! ([`https_config`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,7 +19,8 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::{ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
     RootCertStore, ServerConfig, SignatureScheme,
@@ -288,6 +293,43 @@ pub fn load(files: &TlsFiles) -> Result<Material, Error> {
         key,
         identity,
     })
+}
+
+/// Reads an HTTPS certificate chain and its private key (PEM) and checks that they fit.
+pub fn load_server_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Error> {
+    let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| read_err("the certificate", cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| read_err("the certificate", cert, e))?;
+    if chain.is_empty() {
+        return Err(read_err(
+            "the certificate",
+            cert,
+            "no certificate in the file",
+        ));
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| read_err("the private key", key, e))?;
+    let certified = CertifiedKey::from_der(chain, der, &provider()).map_err(|e| {
+        Error::Config(format!(
+            "the certificate {} and the key {} do not fit together: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// The MCP front door's HTTPS config: TLS 1.2 or 1.3, no client certificate, ALPN `h2` and
+/// `http/1.1`, the certificate from `resolver` at each handshake (so it can be replaced
+/// while serving).
+pub fn https_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn provider() -> Arc<CryptoProvider> {

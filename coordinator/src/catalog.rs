@@ -71,12 +71,25 @@ pub struct Catalog {
     pub server: ServerSection,
     /// `server.listen`, parsed.
     pub listen: SocketAddr,
+    /// `server.tls` with paths resolved against the config file's directory.
+    pub tls: Option<ServerTls>,
+    /// `server.auth` and `roles`, checked.
+    pub access: Arc<crate::access::Access>,
     /// The fleet to run calls on; `None` runs them in this process.
     pub fleet: Option<FleetSettings>,
     /// The tools by name, in the file's order.
     pub tools: IndexMap<String, Arc<Tool>>,
     /// Bounds calls running at once across all tools (`server.max_concurrency`).
     pub global_slots: Arc<Semaphore>,
+}
+
+/// The HTTPS certificate and key files.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
 }
 
 /// A checked `fleet` section.
@@ -236,6 +249,22 @@ impl Catalog {
         if config.server.max_concurrency == 0 {
             problems.push(Problem::new("server.max_concurrency", "must be at least 1"));
         }
+        let access = crate::access::Access::build(&config, &mut problems);
+        let tls = config.server.tls.as_ref().map(|t| ServerTls {
+            cert: base.join(&t.cert),
+            key: base.join(&t.key),
+        });
+        if let Some(tls) = &tls
+            && let Err(e) = mcpfier_common::tls::load_server_key(&tls.cert, &tls.key)
+        {
+            problems.push(Problem::new("server.tls", e.to_string()));
+        }
+        if let Some(listen) = listen
+            && let Err(why) =
+                crate::http::listen_rule(listen, access.enabled(), tls.is_some(), &config.server)
+        {
+            problems.push(Problem::new("server.listen", why));
+        }
         for (i, origin) in config.server.allowed_origins.iter().enumerate() {
             if !(origin.starts_with("http://") || origin.starts_with("https://"))
                 || origin.ends_with('/')
@@ -280,6 +309,8 @@ impl Catalog {
                 global_slots: Arc::new(Semaphore::new(config.server.max_concurrency)),
                 server: config.server,
                 listen,
+                tls,
+                access: Arc::new(access),
                 fleet,
                 tools,
             }),

@@ -83,6 +83,14 @@ Exit status: the command's own; 124 on timeout; 128+N when killed by signal N;\n
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Make API keys for server.auth.
+    #[command(
+        after_help = "Example:\n  mcpfier keys new --id ci-bot --roles ops\n\nThe key is printed once: give it to the caller, who sends it as `Authorization: Bearer <key>`.\nThe config keeps only its hash."
+    )]
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Sign the config's tools, for agents that run only signed tools (policy.tool_signers).
     #[command(
         after_help = "Example:\n  mcpfier catalog keygen --out /secure/mcpfier-signing\n  mcpfier catalog sign --key /secure/mcpfier-signing.key mcpfier.yaml\n\nThen give agents the public key: policy.tool_signers: [/etc/mcpfier/mcpfier-signing.pub]"
@@ -126,6 +134,19 @@ pub enum Client {
     ClaudeCode,
     Cursor,
     Vscode,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random API key, and the server.auth.api_keys line that accepts it.
+    New {
+        /// The principal the key authenticates (shown in logs and audit), e.g. ci-bot.
+        #[arg(long)]
+        id: String,
+        /// Its roles (names under `roles`), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

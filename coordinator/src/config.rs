@@ -28,16 +28,30 @@ pub struct Config {
     /// The tools it offers.
     #[serde(default)]
     pub tools: Vec<ToolSection>,
+    /// What each role may do, by role name (`server.auth` gives principals their roles).
+    #[serde(default)]
+    pub roles: IndexMap<String, RoleSection>,
 }
 
 /// The `server` section.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
-    /// Address for Streamable HTTP (`mcpfier serve`), served at `/mcp`. Loopback only until
-    /// authentication exists.
+    /// Address for Streamable HTTP (`mcpfier serve`), served at `/mcp`. An address other
+    /// machines can reach needs `auth`, and `tls` unless `behind_tls_proxy` is set.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Serve HTTPS with this certificate and key (PEM). Both files are read again on SIGHUP
+    /// and when either changes; a pair that fails to load is logged and the old one kept.
+    #[serde(default)]
+    pub tls: Option<ServerTlsSection>,
+    /// A TLS-terminating proxy is in front of this server, so a non-loopback `listen` may be
+    /// plain HTTP. Only the proxy must be able to reach that address.
+    #[serde(default)]
+    pub behind_tls_proxy: bool,
+    /// Who may call. Without it every caller is trusted, so `listen` must be loopback.
+    #[serde(default)]
+    pub auth: Option<AuthSection>,
     /// Calls running at once across all tools.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
@@ -46,6 +60,11 @@ pub struct ServerSection {
     /// any other `Origin` header gets 403.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Host names (or `host:port`) clients may use besides loopback ones (`localhost`,
+    /// `127.0.0.1`, `::1`), e.g. `mcp.example.com`: a request with another `Host` header
+    /// gets 403, against DNS rebinding. A server other machines reach needs its own names here.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -54,8 +73,73 @@ impl Default for ServerSection {
             listen: default_listen(),
             max_concurrency: default_max_concurrency(),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            tls: None,
+            behind_tls_proxy: false,
+            auth: None,
         }
     }
+}
+
+/// `server.tls`: the HTTPS certificate chain and its key, PEM files (relative paths are
+/// against the config file's directory).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsSection {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key of the leaf certificate.
+    pub key: PathBuf,
+}
+
+/// `server.auth`: how callers prove who they are. Every request to the HTTP server, `/mcp`
+/// and `/fleet` alike, then needs `Authorization: Bearer <credential>`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// API keys, each stored as its SHA-256 (`mcpfier keys new` makes one).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySection>,
+}
+
+/// One API key.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySection {
+    /// The principal the key authenticates, e.g. `ci-bot` (shown in logs and audit).
+    pub id: String,
+    /// `sha256:` and the lowercase hex SHA-256 of the whole key.
+    pub hash: String,
+    /// Roles (names under `roles`) the principal has.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// What a role may do.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSection {
+    /// Tools it may list and call, as globs (`deploy-*`). A principal gets the union of its
+    /// roles' tools.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Tools it may not call even where `tools` matches, as globs.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Whether it may read `/fleet` (agents, their health and labels).
+    #[serde(default)]
+    pub fleet: FleetAccess,
+}
+
+/// A role's access to the fleet's views.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetAccess {
+    /// None (the default).
+    #[default]
+    None,
+    /// May read `/fleet` and `/fleet/agents/{id}`.
+    Read,
 }
 
 fn default_listen() -> String {

@@ -1,22 +1,34 @@
-//! `mcpfier serve`: MCP over Streamable HTTP at `/mcp`, with Host and Origin checks, and a
-//! `/healthz` for probes.
+//! `mcpfier serve`: MCP over Streamable HTTP at `/mcp` (HTTPS with `server.tls`), behind the
+//! front door's checks (`auth`: credentials, session owners), with Host and Origin checks,
+//! the fleet's views and a `/healthz` for probes.
+
+pub mod auth;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use std::time::Duration;
+
+use anyhow::Context;
 use axum::Router;
-use axum::response::IntoResponse;
-use axum::serve::ListenerExt;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use rmcp::transport::streamable_http_server::{
     StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{debug, info, warn};
 
+use crate::catalog::Catalog;
 use crate::dispatch::Dispatcher;
 use crate::mcp::Server;
+use auth::Front;
 
 /// Origins always allowed: pages served from this machine.
 const LOOPBACK_ORIGINS: [&str; 6] = [
@@ -28,61 +40,124 @@ const LOOPBACK_ORIGINS: [&str; 6] = [
     "https://[::1]:*",
 ];
 
-/// Refuses addresses other machines could reach: there is no authentication yet.
-pub fn check_listen(addr: SocketAddr) -> anyhow::Result<()> {
-    if !addr.ip().is_loopback() {
-        bail!(
-            "refusing to serve on {addr}: mcpfier has no authentication yet, so anyone who can reach \
-             that address could run its tools. Listen on a loopback address (127.0.0.1 or [::1]) \
-             in server.listen or --listen"
+/// Whether `addr` may be served with this front door: an address other machines can reach
+/// needs authentication, and TLS unless a TLS-terminating proxy is declared in front. The
+/// error says what is missing.
+pub fn listen_rule(
+    addr: SocketAddr,
+    auth: bool,
+    tls: bool,
+    server: &crate::config::ServerSection,
+) -> Result<(), String> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !auth {
+        missing.push(
+            "server.auth, so that only callers with a credential can run tools (mcpfier keys new makes an API key)",
         );
     }
-    Ok(())
+    if !tls && !server.behind_tls_proxy {
+        missing.push(
+            "server.tls {cert, key}, so that credentials and results don't cross the network in clear (or server.behind_tls_proxy: true when a TLS-terminating proxy is in front)",
+        );
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{addr} can be reached from other machines; that needs {}. Or listen on a loopback address (127.0.0.1 or [::1])",
+        missing.join(", and ")
+    ))
 }
 
-/// The axum router serving MCP at `/mcp`.
+/// Refuses to serve `addr` (from `server.listen` or `--listen`) unless [`listen_rule`] allows it.
+pub fn check_listen(addr: SocketAddr, catalog: &Catalog) -> anyhow::Result<()> {
+    listen_rule(
+        addr,
+        catalog.access.enabled(),
+        catalog.tls.is_some(),
+        &catalog.server,
+    )
+    .map_err(|why| anyhow::anyhow!("refusing to serve: {why}"))
+}
+
+/// The axum router: MCP at `/mcp`, the fleet's views, `/healthz`; every request but
+/// `/healthz` passes the front door's checks first ([`auth::check`]).
 pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: CancellationToken) -> Router {
     let catalog = dispatcher.catalog().clone();
     let origins = LOOPBACK_ORIGINS
         .iter()
         .map(|s| s.to_string())
         .chain(catalog.server.allowed_origins.iter().cloned());
+    let hosts = ["localhost", "127.0.0.1", "::1"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(catalog.server.allowed_hosts.iter().cloned());
     let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
         .with_allowed_origins(origins)
         .enforce_origin_validation()
         .with_cancellation_token(shutdown.child_token());
     let fleet = dispatcher.fleet().cloned();
     let server = Server::new(dispatcher, tasks, shutdown.clone());
-    let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
-    let fleet_for_one = fleet.clone();
+    let sessions = Arc::new(LocalSessionManager::default());
+    let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config);
+    let front = Arc::new(Front::new(catalog.access.clone()));
+    if catalog.access.enabled() {
+        tasks.spawn(forget_closed_sessions(front.clone(), sessions, shutdown));
+    }
+    let access = catalog.access.clone();
+    // The refusal for a caller that may not read the fleet; `None` lets it through.
+    let may_read = move |ext: &axum::http::Extensions| -> Option<Response> {
+        if access.may_read_fleet(auth::principal_of(ext)) {
+            return None;
+        }
+        let who = auth::principal_of(ext)
+            .map_or("?", |p| p.id.as_str())
+            .to_owned();
+        Some(
+            (
+                StatusCode::FORBIDDEN,
+                format!("`{who}` may not read the fleet: give one of its roles `fleet: read`\n"),
+            )
+                .into_response(),
+        )
+    };
+    let (fleet_for_one, may_read_one) = (fleet.clone(), may_read.clone());
     let fleet_for_health = fleet.clone();
+    let auth_on = catalog.access.enabled();
     Router::new()
         .nest_service("/mcp", service)
         .route(
             "/fleet/agents/{id}",
-            axum::routing::get(
-                move |axum::extract::Path(id): axum::extract::Path<String>| {
-                    let fleet = fleet_for_one.clone();
-                    async move {
-                        match fleet.and_then(|f| f.agent_view(&id)) {
-                            Some(view) => axum::Json(view).into_response(),
-                            None => (axum::http::StatusCode::NOT_FOUND, "no such agent\n")
-                                .into_response(),
-                        }
+            get(move |Path(id): Path<String>, ext: axum::http::Extensions| {
+                let fleet = fleet_for_one.clone();
+                let allowed = may_read_one(&ext);
+                async move {
+                    if let Some(refused) = allowed {
+                        return refused;
                     }
-                },
-            ),
+                    match fleet.and_then(|f| f.agent_view(&id)) {
+                        Some(view) => axum::Json(view).into_response(),
+                        None => (StatusCode::NOT_FOUND, "no such agent\n").into_response(),
+                    }
+                }
+            }),
         )
         .route(
             "/healthz",
-            axum::routing::get(move || {
+            get(move || {
                 let fleet = fleet_for_health.clone();
                 async move {
                     match fleet.map(|f| f.view().1) {
+                        // Probes need no credential, so with authentication on they learn
+                        // only that etcd is unreachable, not why.
+                        Some(etcd) if etcd.configured && !etcd.connected && auth_on => {
+                            "ok: etcd unreachable; routing on the last known membership\n"
+                                .to_owned()
+                        }
                         Some(etcd) if etcd.configured && !etcd.connected => format!(
                             "ok: etcd unreachable ({}); routing on the last known membership\n",
                             etcd.last_error.as_deref().unwrap_or("not connected yet")
@@ -94,9 +169,13 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         )
         .route(
             "/fleet",
-            axum::routing::get(move || {
+            get(move |ext: axum::http::Extensions| {
                 let fleet = fleet.clone();
+                let allowed = may_read(&ext);
                 async move {
+                    if let Some(refused) = allowed {
+                        return refused;
+                    }
                     let body = match fleet {
                         Some(f) => {
                             let (agents, etcd) = f.view();
@@ -104,35 +183,111 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
                         }
                         None => serde_json::json!({"mode": "embedded", "agents": []}),
                     };
-                    axum::Json(body)
+                    axum::Json(body).into_response()
                 }
             }),
         )
+        .layer(axum::middleware::from_fn_with_state(front, auth::check))
 }
 
-/// Serves until `shutdown` is cancelled. Calls still running are killed as their requests
-/// end.
+/// Forgets the owners of MCP sessions that have ended (closed, or expired by rmcp), every
+/// 30 s until `shutdown`.
+async fn forget_closed_sessions(
+    front: Arc<Front>,
+    sessions: Arc<LocalSessionManager>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let alive: std::collections::HashSet<String> =
+                    sessions.sessions.read().await.keys().map(|k| k.to_string()).collect();
+                front.retain_sessions(|id| alive.contains(id));
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` is cancelled: HTTPS with `server.tls`, else plain HTTP. Calls
+/// still running are killed as their requests end.
 pub async fn serve(
     dispatcher: Dispatcher,
     listen: SocketAddr,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    check_listen(listen)?;
+    let catalog = dispatcher.catalog().clone();
+    check_listen(listen, &catalog)?;
+    let acceptor = match &catalog.tls {
+        Some(files) => {
+            let store = Arc::new(tls::CertStore::load(files)?);
+            tasks.spawn(store.clone().watch(shutdown.clone()));
+            let config = mcpfier_common::tls::https_config(store)?;
+            Some(tokio_rustls::TlsAcceptor::from(config))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
     let local = listener.local_addr().context("read the bound address")?;
-    let tools = dispatcher.catalog().tools.len();
+    let tools = catalog.tools.len();
     let app = router(dispatcher, tasks, shutdown.clone());
-    // Small SSE writes must not wait for the peer's delayed ACK (about 40 ms per response).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    info!(address = %local, tools, "serving MCP at http://{local}/mcp");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    info!(
+        address = %local,
+        tools,
+        auth = catalog.access.enabled(),
+        "serving MCP at {scheme}://{local}/mcp"
+    );
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    while let Some((tcp, peer)) = mcpfier_common::net::accept(&listener, &shutdown).await {
+        let app = app.clone().layer(axum::Extension(auth::Peer(peer)));
+        let service = TowerToHyperService::new(app);
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        tasks.spawn(async move {
+            let served = match acceptor {
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                debug!(peer = %peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(peer = %peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = served {
+                debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
         .await
-        .context("serve HTTP")?;
+        .is_err()
+    {
+        warn!("connections still open 10s after shutdown");
+    }
     Ok(())
 }

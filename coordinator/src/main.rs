@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod cli;
-use cli::{CallArgs, CatalogCommand, CertRole, CertsCommand, Cli, Client, Command};
+use cli::{CallArgs, CatalogCommand, CertRole, CertsCommand, Cli, Client, Command, KeysCommand};
 
 fn main() -> ExitCode {
     // The cgroup supervisor of in-process calls (see `mcpfier_exec::lifeline`) runs this
@@ -171,6 +171,25 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 );
             }
         },
+        Command::Keys {
+            command: KeysCommand::New { id, roles },
+        } => {
+            if !mcpfier_coordinator::access::valid_principal_id(id) {
+                bail!("`{id}` is not a valid id: use 1-64 characters of a-z A-Z 0-9 _ . - @");
+            }
+            let key = mcpfier_coordinator::access::new_key()?;
+            let line = json!({
+                "id": id,
+                "hash": mcpfier_coordinator::access::key_hash(&key),
+                "roles": roles,
+            });
+            // The key goes to stdout once; the config line to stderr, so `> keyfile` keeps
+            // only the key.
+            println!("{key}");
+            eprintln!(
+                "API key for `{id}` printed above; it is not stored anywhere. Add under server.auth.api_keys:\n  - {line}"
+            );
+        }
         Command::Catalog { command } => match command {
             CatalogCommand::Keygen { out, force } => {
                 let (private, public, id) = signing::keygen(out, *force)?;
@@ -245,7 +264,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         Command::Serve { listen } => {
             let (path, catalog) = load(&cli, &env)?;
             let listen = listen.unwrap_or(catalog.listen);
-            http::check_listen(listen)?;
+            http::check_listen(listen, &catalog)?;
             tracing::info!(config = %path.display(), "starting");
             let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
             let dispatcher = Dispatcher::start(catalog, &tasks, shutdown.clone()).await?;

@@ -296,9 +296,11 @@ impl ServerHandler for Server {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(self.visible_tools()))
+        let mut tools = self.visible_tools();
+        tools.retain(|t| self.may_call(&context, &t.name));
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
@@ -320,11 +322,17 @@ impl ServerHandler for Server {
             .peer_info()
             .map(|info| info.client_info.name.clone())
             .unwrap_or_default();
+        let principal = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| crate::http::auth::principal_of(&p.extensions))
+            .map(|p| p.id.clone());
         let span = tracing::info_span!(
             "call",
             request_id = %context.id,
             tool = %request.name,
-            client = %client
+            client = %client,
+            principal = principal.as_deref().unwrap_or("-")
         );
         self.call(request, context)
             .instrument(span)
@@ -334,14 +342,41 @@ impl ServerHandler for Server {
 }
 
 impl Server {
+    /// Whether the caller of `context` may list and call `tool`. Over stdio (no HTTP request)
+    /// the caller is whoever started mcpfier, and may; over HTTP the front door put the
+    /// authenticated principal in the request, and its roles decide.
+    fn may_call(&self, context: &RequestContext<RoleServer>, tool: &str) -> bool {
+        match context.extensions.get::<axum::http::request::Parts>() {
+            None => true,
+            Some(parts) => self
+                .dispatcher
+                .catalog()
+                .access
+                .may_call(crate::http::auth::principal_of(&parts.extensions), tool),
+        }
+    }
+
     async fn call(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let catalog = self.dispatcher.catalog();
-        let Some(tool) = catalog.tool(&request.name) else {
-            let known: Vec<_> = catalog.tools.keys().map(String::as_str).collect();
+        // A tool the caller may not call gets the same answer as one that does not exist, so
+        // a refusal does not tell what exists.
+        let tool = catalog
+            .tool(&request.name)
+            .filter(|_| self.may_call(&context, &request.name));
+        let Some(tool) = tool else {
+            if catalog.tool(&request.name).is_some() {
+                warn!(tool = %request.name, "call refused: the caller's roles do not allow this tool");
+            }
+            let known: Vec<_> = catalog
+                .tools
+                .keys()
+                .filter(|name| self.may_call(&context, name))
+                .map(String::as_str)
+                .collect();
             return Err(McpError::invalid_params(
                 format!(
                     "unknown tool `{}`; tools are: {}",

@@ -4,10 +4,14 @@ Usage:
     mcp_driver.py stdio -- PROGRAM [ARGS...]   < ops.json
     mcp_driver.py http URL                      < ops.json
 
+Over HTTP, MCP_DRIVER_BEARER (when set) is sent as `Authorization: Bearer ...`, and
+MCP_DRIVER_CA (when set) is the CA file the server's HTTPS certificate must chain to.
+
 ops.json is a list of operations; the results (one per operation) are printed as one JSON
 array on stdout. Operations:
     {"op": "list_tools"}
-    {"op": "call", "name": ..., "arguments": {...}, "progress": true,
+    {"op": "call", "name": ..., "arguments": {...}, "progress": true,   # a JSON-RPC error
+                                                   # comes back as {"error": {code, message}}
      "cancel_when_file": PATH}   # abandon the call once PATH exists (sends notifications/cancelled)
     {"op": "call_many", "name": ..., "arguments": {...}, "count": N}   # N calls at once
     {"op": "touch", "path": PATH}                  # create PATH (a sync point for the test)
@@ -16,11 +20,15 @@ array on stdout. Operations:
 
 import json
 import os
+import ssl
 import sys
 import time
 
 import anyio
+import httpx2
+from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 from mcp.client.session import ClientSession
+from mcp.shared.exceptions import MCPError
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -89,14 +97,21 @@ async def run_ops(session, init, ops, list_changed):
                         tg.start_soon(watch)
 
                     async def call():
-                        result = await session.call_tool(
-                            op["name"], op.get("arguments"), progress_callback=cb
-                        )
+                        try:
+                            result = await session.call_tool(
+                                op["name"], op.get("arguments"), progress_callback=cb
+                            )
+                        except MCPError as e:
+                            outcome["error"] = {"code": e.code, "message": e.message}
+                            tg.cancel_scope.cancel()
+                            return
                         outcome["result"] = result
                         tg.cancel_scope.cancel()
 
                     tg.start_soon(call)
-            if "result" in outcome:
+            if "error" in outcome:
+                results.append({"error": outcome["error"]})
+            elif "result" in outcome:
                 r = outcome["result"]
                 results.append(
                     {
@@ -121,7 +136,18 @@ async def main():
         params = StdioServerParameters(command=argv[0], args=argv[1:], env=json.loads(os.environ.get("MCP_DRIVER_SERVER_ENV", "{}")))
         transport = stdio_client(params, errlog=sys.stderr)
     elif mode == "http":
-        transport = streamable_http_client(sys.argv[2])
+        headers = {}
+        if os.environ.get("MCP_DRIVER_BEARER"):
+            headers["Authorization"] = "Bearer " + os.environ["MCP_DRIVER_BEARER"]
+        verify = True
+        if os.environ.get("MCP_DRIVER_CA"):
+            verify = ssl.create_default_context(cafile=os.environ["MCP_DRIVER_CA"])
+        client = httpx2.AsyncClient(
+            headers=headers,
+            verify=verify,
+            timeout=httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT),
+        )
+        transport = streamable_http_client(sys.argv[2], http_client=client)
     else:
         raise SystemExit("mode is stdio or http")
     list_changed = anyio.Event()

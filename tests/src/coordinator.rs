@@ -16,6 +16,8 @@ pub struct Coordinator {
     pub addr: String,
     /// Its log file.
     pub log: PathBuf,
+    /// `http` or `https` (with `server.tls`).
+    pub scheme: String,
 }
 
 impl Coordinator {
@@ -32,19 +34,29 @@ impl Coordinator {
             cmd.env(k, v);
         }
         let process = Process::start(cmd, config, "coordinator");
-        let rest = process.wait_for_log("serving MCP at http://", Duration::from_secs(30));
+        let rest = process.wait_for_log("serving MCP at ", Duration::from_secs(30));
+        let (scheme, rest) = rest
+            .split_once("://")
+            .expect("the log line names the scheme");
         let addr = rest[..rest.find("/mcp").expect("the log line names /mcp")].to_owned();
-        let healthy = wait_for(Duration::from_secs(10), || {
-            (http_request(&addr, "GET", "/healthz", &[], "").ok()?.0 == 200).then_some(())
-        });
-        assert!(healthy.is_some(), "mcpfier serve did not answer /healthz");
+        if scheme == "http" {
+            let healthy = wait_for(Duration::from_secs(10), || {
+                (http_request(&addr, "GET", "/healthz", &[], "").ok()?.0 == 200).then_some(())
+            });
+            assert!(healthy.is_some(), "mcpfier serve did not answer /healthz");
+        }
         let log = process.log.clone();
-        Coordinator { process, addr, log }
+        Coordinator {
+            process,
+            addr,
+            log,
+            scheme: scheme.to_owned(),
+        }
     }
 
-    /// The MCP endpoint, `http://ADDR/mcp`.
+    /// The MCP endpoint, `http://ADDR/mcp` (`https://` with `server.tls`).
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        format!("{}://{}/mcp", self.scheme, self.addr)
     }
 
     /// Everything it has logged so far.

@@ -31,6 +31,38 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
+    http_exchange(addr, method, path, headers, body).map(|r| (r.status, r.body))
+}
+
+/// What [`http_exchange`] got back.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The response headers, names in lowercase.
+    pub headers: Vec<(String, String)>,
+    /// The whole body.
+    pub body: String,
+}
+
+impl Reply {
+    /// The first header named `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Like [`http_request`], with the response headers.
+pub fn http_exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<Reply> {
     // A fresh agent per request, so no connection outlives a test's server. No proxy from
     // the environment and no redirects: the tests talk to our servers and see what they say.
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -52,9 +84,23 @@ pub fn http_request(
         .run(request)
         .with_context(|| format!("{method} {url}"))?;
     let status = response.status().as_u16();
+    let reply_headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     let text = response
         .body_mut()
         .read_to_string()
         .with_context(|| format!("read the body of {method} {url}"))?;
-    Ok((status, text))
+    Ok(Reply {
+        status,
+        headers: reply_headers,
+        body: text,
+    })
 }

@@ -31,7 +31,9 @@ pub use docker::{
     TEST_IMAGE, TEST_IMAGE_WITHOUT_TMP, containers_with_label, test_image, test_image_without_tmp,
 };
 pub use etcd::{EtcdCerts, EtcdServer};
-pub use http::{free_port, get_json, http_request};
-pub use mcp_client::{StdioRun, drive_http, drive_http_raw, drive_stdio, result_text};
+pub use http::{Reply, free_port, get_json, http_exchange, http_request};
+pub use mcp_client::{
+    StdioRun, drive_http, drive_http_as, drive_http_ok_as, drive_http_raw, drive_stdio, result_text,
+};
 pub use process::{Process, Scratch, alive, assert_all_gone, mcpfier_cli, read_pids, wait_for};
 pub use proxy::{Direction, Proxy};

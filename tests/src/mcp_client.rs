@@ -74,6 +74,37 @@ pub fn drive_http_raw(url: &str, ops: Value) -> (i32, String, String) {
     run_with_deadline(cmd, &ops.to_string(), Duration::from_secs(90)).expect("run the MCP driver")
 }
 
+/// Like [`drive_http_raw`], as a client holding `bearer` (sent as `Authorization: Bearer`)
+/// and trusting only the CA in `ca` for HTTPS.
+pub fn drive_http_as(
+    url: &str,
+    bearer: Option<&str>,
+    ca: Option<&Path>,
+    ops: Value,
+) -> (i32, String, String) {
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace().join("tests/py/mcp_driver.py"))
+        .args(["http", url]);
+    if let Some(b) = bearer {
+        cmd.env("MCP_DRIVER_BEARER", b);
+    }
+    if let Some(ca) = ca {
+        cmd.env("MCP_DRIVER_CA", ca);
+    }
+    run_with_deadline(cmd, &ops.to_string(), Duration::from_secs(90)).expect("run the MCP driver")
+}
+
+/// The results of [`drive_http_as`], which must have succeeded.
+pub fn drive_http_ok_as(
+    url: &str,
+    bearer: Option<&str>,
+    ca: Option<&Path>,
+    ops: Value,
+) -> Vec<Value> {
+    let (code, out, err) = drive_http_as(url, bearer, ca, ops);
+    driver_results(code, &out, &err)
+}
+
 /// The text blocks of a driver's call result, joined by newlines.
 pub fn result_text(result: &Value) -> String {
     result["text"]

@@ -8,6 +8,7 @@ mod dispatch;
 mod embedded;
 mod etcd_auth;
 mod fleet;
+mod front_door;
 mod mcp;
 mod membership;
 mod policy;

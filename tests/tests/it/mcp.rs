@@ -424,8 +424,11 @@ fn serve_refuses_a_non_loopback_address() {
         &env(),
     );
     assert_eq!(code, 1);
-    assert!(err.contains("refusing to serve on 0.0.0.0:0"), "{err}");
-    assert!(err.contains("no authentication"), "{err}");
+    assert!(err.contains("refusing to serve: 0.0.0.0:0"), "{err}");
+    assert!(
+        err.contains("needs server.auth") && err.contains("server.tls"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,0 +1,332 @@
+//! Who is calling, and what they may do.
+//!
+//! `server.auth` turns a bearer credential into a [`Principal`]; `roles` say which tools a
+//! principal may list and call and whether it may read the fleet. Without `server.auth`
+//! there is no principal and everything is allowed (stdio, or a loopback listener).
+//!
+//! Invariants: an API key is kept only as its SHA-256, and a presented key is compared with
+//! every configured digest in constant time (no early exit, so timing says nothing about which
+//! key came close); a principal may call a tool only when one of its roles lists it and none
+//! denies it; a credential never appears in `Debug` output, logs or errors.
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use mcpfier_common::glob::Globs;
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, FleetAccess, Problem};
+
+/// What API keys start with, so a leaked one is recognisable (and secret scanners can match).
+pub const KEY_PREFIX: &str = "mcpf_";
+
+/// An authenticated caller.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Its id, e.g. the API key's `id`.
+    pub id: String,
+    /// The roles it has, in config order.
+    pub roles: Vec<String>,
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("id", &self.id)
+            .field("roles", &self.roles)
+            .finish()
+    }
+}
+
+struct ApiKey {
+    id: String,
+    digest: [u8; 32],
+    roles: Vec<String>,
+}
+
+/// A role, compiled.
+struct Role {
+    tools: Globs,
+    deny: Globs,
+    fleet: FleetAccess,
+}
+
+/// The checked `server.auth` and `roles`.
+pub struct Access {
+    /// Whether `server.auth` is configured: then every HTTP request needs a credential.
+    enabled: bool,
+    keys: Vec<ApiKey>,
+    roles: IndexMap<String, Role>,
+}
+
+impl fmt::Debug for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<_> = self.keys.iter().map(|k| k.id.as_str()).collect();
+        let roles: Vec<_> = self.roles.keys().collect();
+        f.debug_struct("Access")
+            .field("enabled", &self.enabled)
+            .field("api_keys", &keys)
+            .field("roles", &roles)
+            .finish()
+    }
+}
+
+/// Why a request carried no usable credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error(
+        "authentication required: send `Authorization: Bearer <API key>` (mcpfier keys new makes one)"
+    )]
+    Missing,
+    /// An `Authorization` header that is not `Bearer <credential>`.
+    #[error("the Authorization header must be `Bearer <credential>`")]
+    Malformed,
+    /// A credential that no configured key matches.
+    #[error("the credential is not valid")]
+    Invalid,
+    /// A credential in the URL, where proxies and logs keep it.
+    #[error("credentials go in the Authorization header, never in the URL (query parameter `{0}`)")]
+    InQuery(String),
+}
+
+/// Query parameters that look like a credential: refused wherever they appear.
+const CREDENTIAL_PARAMS: &[&str] = &["access_token", "token", "api_key", "apikey", "key"];
+
+impl Access {
+    /// No `server.auth`: every caller is trusted.
+    pub fn open() -> Access {
+        Access {
+            enabled: false,
+            keys: Vec::new(),
+            roles: IndexMap::new(),
+        }
+    }
+
+    /// Checks `server.auth` and `roles`, adding what is wrong to `problems`.
+    pub fn build(config: &Config, problems: &mut Vec<Problem>) -> Access {
+        let mut roles = IndexMap::new();
+        for (name, role) in &config.roles {
+            let at = format!("roles.{name}");
+            let globs = |patterns: &[String], field: &str, problems: &mut Vec<Problem>| {
+                Globs::new(patterns).unwrap_or_else(|e| {
+                    problems.push(Problem::new(format!("{at}.{field}"), e.to_string()));
+                    Globs::lenient::<&str>(&[])
+                })
+            };
+            let tools = globs(&role.tools, "tools", problems);
+            let deny = globs(&role.deny, "deny", problems);
+            roles.insert(
+                name.clone(),
+                Role {
+                    tools,
+                    deny,
+                    fleet: role.fleet,
+                },
+            );
+        }
+        let Some(auth) = &config.server.auth else {
+            return Access {
+                enabled: false,
+                keys: Vec::new(),
+                roles,
+            };
+        };
+        if auth.api_keys.is_empty() {
+            problems.push(Problem::new(
+                "server.auth",
+                "lists no way to authenticate: add api_keys (mcpfier keys new --id NAME --roles ROLE prints one), or remove server.auth",
+            ));
+        }
+        let mut keys = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, key) in auth.api_keys.iter().enumerate() {
+            let at = format!("server.auth.api_keys[{i}]");
+            if !valid_principal_id(&key.id) {
+                problems.push(Problem::new(
+                    format!("{at}.id"),
+                    format!(
+                        "`{}` is not a valid id: use 1-64 characters of a-z A-Z 0-9 _ . - @",
+                        key.id
+                    ),
+                ));
+            } else if !seen.insert(key.id.clone()) {
+                problems.push(Problem::new(
+                    format!("{at}.id"),
+                    format!("another key already has id `{}`", key.id),
+                ));
+            }
+            let digest = match parse_hash(&key.hash) {
+                Some(d) => d,
+                None => {
+                    problems.push(Problem::new(
+                        format!("{at}.hash"),
+                        "must be `sha256:` and 64 lowercase hex digits, the SHA-256 of the whole key (mcpfier keys new prints the line); never put the key itself here",
+                    ));
+                    [0; 32]
+                }
+            };
+            for (j, role) in key.roles.iter().enumerate() {
+                if !roles.contains_key(role) {
+                    let known: Vec<_> = roles.keys().map(String::as_str).collect();
+                    problems.push(Problem::new(
+                        format!("{at}.roles[{j}]"),
+                        format!(
+                            "no role `{role}` under `roles` (roles are: {})",
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+            keys.push(ApiKey {
+                id: key.id.clone(),
+                digest,
+                roles: key.roles.clone(),
+            });
+        }
+        Access {
+            enabled: true,
+            keys,
+            roles,
+        }
+    }
+
+    /// Whether callers must authenticate.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The principal `authorization` (the header's value, if any) proves, refusing a
+    /// credential in `query` first. `Ok(None)` when authentication is off.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        query: Option<&str>,
+    ) -> Result<Option<Principal>, AuthError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        if let Some(name) = query.and_then(credential_in_query) {
+            return Err(AuthError::InQuery(name));
+        }
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let header = std::str::from_utf8(header).map_err(|_| AuthError::Malformed)?;
+        let (scheme, credential) = header.split_once(' ').ok_or(AuthError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Malformed);
+        }
+        let credential = credential.trim();
+        if credential.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        self.by_key(credential).map(Some).ok_or(AuthError::Invalid)
+    }
+
+    /// The principal whose API key is `key`.
+    fn by_key(&self, key: &str) -> Option<Principal> {
+        let digest = sha256(key.as_bytes());
+        let mut found = None;
+        // Every digest is compared, whatever matched before.
+        for k in &self.keys {
+            if bool::from(k.digest.ct_eq(&digest)) {
+                found = Some(k);
+            }
+        }
+        found.map(|k| Principal {
+            id: k.id.clone(),
+            roles: k.roles.clone(),
+        })
+    }
+
+    /// Whether `who` may list and call `tool` (anyone may when authentication is off).
+    pub fn may_call(&self, who: Option<&Principal>, tool: &str) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        let Some(who) = who else { return false };
+        let roles: Vec<&Role> = who.roles.iter().filter_map(|r| self.roles.get(r)).collect();
+        roles.iter().any(|r| r.tools.is_match(tool)) && !roles.iter().any(|r| r.deny.is_match(tool))
+    }
+
+    /// Whether `who` may read `/fleet` (anyone may when authentication is off).
+    pub fn may_read_fleet(&self, who: Option<&Principal>) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        who.is_some_and(|who| {
+            who.roles
+                .iter()
+                .filter_map(|r| self.roles.get(r))
+                .any(|r| r.fleet == FleetAccess::Read)
+        })
+    }
+}
+
+fn credential_in_query(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').map_or(pair, |(k, _)| k))
+        .find(|name| {
+            CREDENTIAL_PARAMS
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(name))
+        })
+        .map(str::to_owned)
+}
+
+/// Whether `id` can name a principal: 1-64 of `a-z A-Z 0-9 _ . - @`.
+pub fn valid_principal_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@'))
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix("sha256:")?;
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let mut out = [0; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A new API key: [`KEY_PREFIX`] and 256 random bits in hex.
+pub fn new_key() -> anyhow::Result<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+    Ok(format!("{KEY_PREFIX}{}", hex(&bytes)))
+}
+
+/// What `server.auth.api_keys[].hash` holds for `key`.
+pub fn key_hash(key: &str) -> String {
+    format!("sha256:{}", hex(&sha256(key.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+//! API keys, roles and the checks of `server.auth`, without a server.
+
+use super::*;
+
+fn access(yaml: &str) -> (Access, Vec<Problem>) {
+    let config: Config = yaml_serde::from_str(yaml).expect("the test config parses");
+    let mut problems = Vec::new();
+    let access = Access::build(&config, &mut problems);
+    (access, problems)
+}
+
+fn config_with(key: &str) -> String {
+    format!(
+        "server:\n  auth:\n    api_keys:\n      - {{id: ci-bot, hash: \"{}\", roles: [ops]}}\n      - {{id: viewer, hash: \"{}\", roles: [watch]}}\nroles:\n  ops:\n    tools: [\"deploy-*\", system-info]\n    deny: [deploy-prod]\n  watch:\n    tools: []\n    fleet: read\n",
+        key_hash(key),
+        key_hash("mcpf_other")
+    )
+}
+
+#[test]
+fn a_new_key_authenticates_its_principal_and_nothing_else_does() {
+    let key = new_key().unwrap();
+    assert!(key.starts_with(KEY_PREFIX) && key.len() == KEY_PREFIX.len() + 64);
+    assert_ne!(key, new_key().unwrap());
+    let (access, problems) = access(&config_with(&key));
+    assert!(problems.is_empty(), "{problems:?}");
+    let header = format!("Bearer {key}");
+    let who = access
+        .authenticate(Some(header.as_bytes()), None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(who.id, "ci-bot");
+    assert_eq!(who.roles, ["ops"]);
+    let lower = format!("bearer {key}");
+    assert!(access.authenticate(Some(lower.as_bytes()), None).is_ok());
+    for (header, want) in [
+        (None, AuthError::Missing),
+        (Some("Basic abc"), AuthError::Malformed),
+        (Some("Bearer"), AuthError::Malformed),
+        (Some("Bearer  "), AuthError::Malformed),
+        (Some("Bearer mcpf_nope"), AuthError::Invalid),
+    ] {
+        assert_eq!(
+            access.authenticate(header.map(str::as_bytes), None),
+            Err(want),
+            "{header:?}"
+        );
+    }
+    // The key itself in place of its hash does not authenticate.
+    let hash = key_hash(&key);
+    let header = format!("Bearer {hash}");
+    assert_eq!(
+        access.authenticate(Some(header.as_bytes()), None),
+        Err(AuthError::Invalid)
+    );
+}
+
+#[test]
+fn a_credential_in_the_url_is_refused_even_with_a_good_header() {
+    let key = new_key().unwrap();
+    let (access, _) = access(&config_with(&key));
+    let header = format!("Bearer {key}");
+    for query in ["access_token=x", "a=1&api_key=x", "TOKEN", "key="] {
+        assert!(
+            matches!(
+                access.authenticate(Some(header.as_bytes()), Some(query)),
+                Err(AuthError::InQuery(_))
+            ),
+            "{query}"
+        );
+    }
+    assert!(
+        access
+            .authenticate(Some(header.as_bytes()), Some("session=1"))
+            .is_ok()
+    );
+}
+
+#[test]
+fn roles_grant_the_union_of_their_tools_minus_what_any_denies() {
+    let key = new_key().unwrap();
+    let (access, _) = access(&config_with(&key));
+    let ops = Principal {
+        id: "ci-bot".into(),
+        roles: vec!["ops".into()],
+    };
+    assert!(access.may_call(Some(&ops), "deploy-app"));
+    assert!(access.may_call(Some(&ops), "system-info"));
+    assert!(!access.may_call(Some(&ops), "deploy-prod"));
+    assert!(!access.may_call(Some(&ops), "rm-everything"));
+    assert!(!access.may_read_fleet(Some(&ops)));
+    assert!(!access.may_call(None, "system-info"));
+    let both = Principal {
+        id: "x".into(),
+        roles: vec!["watch".into(), "ops".into()],
+    };
+    assert!(access.may_read_fleet(Some(&both)));
+    assert!(access.may_call(Some(&both), "deploy-app"));
+    assert!(!access.may_call(Some(&both), "deploy-prod"));
+    // Without server.auth everything is allowed, as before.
+    let open = Access::open();
+    assert!(open.may_call(None, "anything") && open.may_read_fleet(None));
+    assert_eq!(open.authenticate(None, Some("token=x")), Ok(None));
+}
+
+#[test]
+fn bad_auth_config_names_what_to_fix() {
+    let (_, problems) = access(
+        "server:\n  auth:\n    api_keys:\n      - {id: \"bad id\", hash: mcpf_abc, roles: [nope]}\n      - {id: ok, hash: \"sha256:00\"}\n      - {id: ok, hash: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"}\nroles:\n  r: {tools: [\"[\"]}\n",
+    );
+    let shown: Vec<_> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect();
+    let text = shown.join("\n");
+    for want in [
+        "roles.r.tools: `[` is not a valid glob",
+        "server.auth.api_keys[0].id: `bad id` is not a valid id",
+        "server.auth.api_keys[0].hash: must be `sha256:`",
+        "server.auth.api_keys[0].roles[0]: no role `nope` under `roles` (roles are: r)",
+        "server.auth.api_keys[1].hash: must be",
+        "server.auth.api_keys[2].id: another key already has id `ok`",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("mcpf_abc"),
+        "a key-like value is echoed:\n{text}"
+    );
+    let (_, problems) = access("server:\n  auth: {}\n");
+    assert!(
+        problems[0].message.contains("lists no way to authenticate"),
+        "{problems:?}"
+    );
+}

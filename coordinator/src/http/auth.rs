@@ -1,0 +1,155 @@
+//! The front door's checks, run on every request before routing: the caller's credential
+//! becomes a [`Principal`] in the request's extensions, and an MCP session stays with the
+//! principal that opened it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::warn;
+
+use crate::access::{Access, AuthError, Principal};
+
+/// The MCP session header.
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The remote address of a request's connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// What the checks share: the access rules and which principal owns which session.
+pub struct Front {
+    pub(super) access: Arc<Access>,
+    /// Session id -> the principal that opened it.
+    sessions: Mutex<HashMap<String, String>>,
+}
+
+impl Front {
+    pub(super) fn new(access: Arc<Access>) -> Self {
+        Self {
+            access,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn owner(&self, session: &str) -> Option<String> {
+        self.lock().get(session).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the owners of sessions for which `alive` says no.
+    pub(super) fn retain_sessions(&self, alive: impl Fn(&str) -> bool) {
+        self.lock().retain(|id, _| alive(id));
+    }
+}
+
+fn refusal(status: StatusCode, challenge: Option<&str>, message: &str) -> Response {
+    let mut response = (status, format!("{message}\n")).into_response();
+    if let Some(c) = challenge
+        && let Ok(v) = HeaderValue::from_str(c)
+    {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    response
+}
+
+/// Authenticates the request (when `server.auth` is on) and keeps sessions with their
+/// principals. `/healthz` is open, for probes.
+pub(super) async fn check(
+    State(front): State<Arc<Front>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if req.uri().path() == "/healthz" || !front.access.enabled() {
+        return next.run(req).await;
+    }
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    let principal = match front
+        .access
+        .authenticate(authorization.as_deref(), req.uri().query())
+    {
+        Ok(Some(p)) => p,
+        Ok(None) => return next.run(req).await,
+        Err(e) => {
+            warn!(
+                peer = ?peer,
+                path = %req.uri().path(),
+                reason = %e,
+                "authentication refused"
+            );
+            return match e {
+                AuthError::InQuery(_) => refusal(StatusCode::BAD_REQUEST, None, &e.to_string()),
+                AuthError::Invalid => refusal(
+                    StatusCode::UNAUTHORIZED,
+                    Some("Bearer realm=\"mcpfier\", error=\"invalid_token\""),
+                    &e.to_string(),
+                ),
+                AuthError::Missing | AuthError::Malformed => refusal(
+                    StatusCode::UNAUTHORIZED,
+                    Some("Bearer realm=\"mcpfier\""),
+                    &e.to_string(),
+                ),
+            };
+        }
+    };
+    let session = req
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(id) = &session
+        && let Some(owner) = front.owner(id)
+        && owner != principal.id
+    {
+        warn!(
+            peer = ?peer,
+            principal = %principal.id,
+            owner = %owner,
+            "refused a request on another principal's session"
+        );
+        return refusal(
+            StatusCode::FORBIDDEN,
+            None,
+            &format!(
+                "this MCP session belongs to another principal, not `{}`: open your own session",
+                principal.id
+            ),
+        );
+    }
+    let deleting = req.method() == Method::DELETE;
+    let id = principal.id.clone();
+    req.extensions_mut().insert(principal);
+    let response = next.run(req).await;
+    match &session {
+        None => {
+            if let Some(new) = response
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                front.lock().insert(new.to_owned(), id);
+            }
+        }
+        Some(old) if deleting && response.status().is_success() => {
+            front.lock().remove(old);
+        }
+        Some(_) => {}
+    }
+    response
+}
+
+/// The principal a request was authenticated as (`None` when authentication is off).
+pub fn principal_of(req: &axum::http::Extensions) -> Option<&Principal> {
+    req.get::<Principal>()
+}
