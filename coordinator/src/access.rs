@@ -252,6 +252,58 @@ impl Access {
         roles.iter().any(|r| r.tools.is_match(tool)) && !roles.iter().any(|r| r.deny.is_match(tool))
     }
 
+    /// The principal of the API key with id `id`, for `dry-run --as`.
+    pub fn principal(&self, id: &str) -> Option<Principal> {
+        self.keys.iter().find(|k| k.id == id).map(|k| Principal {
+            id: k.id.clone(),
+            roles: k.roles.clone(),
+        })
+    }
+
+    /// The ids of the configured API keys.
+    pub fn principal_ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.id.as_str()).collect()
+    }
+
+    /// Whether `who` may call `tool`, and which role rule decided it, in words.
+    pub fn explain(&self, who: &Principal, tool: &str) -> (bool, String) {
+        let roles: Vec<(&String, &Role)> = who
+            .roles
+            .iter()
+            .filter_map(|r| self.roles.get_key_value(r))
+            .collect();
+        if let Some((name, role)) = roles.iter().find(|(_, r)| r.deny.is_match(tool)) {
+            return (
+                false,
+                format!(
+                    "role `{name}` denies `{tool}` (deny: {})",
+                    role.deny.patterns().join(", ")
+                ),
+            );
+        }
+        if let Some((name, role)) = roles.iter().find(|(_, r)| r.tools.is_match(tool)) {
+            return (
+                true,
+                format!(
+                    "role `{name}` allows `{tool}` (tools: {})",
+                    role.tools.patterns().join(", ")
+                ),
+            );
+        }
+        let names: Vec<&str> = who.roles.iter().map(String::as_str).collect();
+        (
+            false,
+            format!(
+                "none of its roles ({}) lists `{tool}` under tools",
+                if names.is_empty() {
+                    "it has none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        )
+    }
+
     /// Whether `who` may read `/fleet` (anyone may when authentication is off).
     pub fn may_read_fleet(&self, who: Option<&Principal>) -> bool {
         if !self.enabled {

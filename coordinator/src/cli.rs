@@ -56,9 +56,11 @@ pub enum Command {
     /// Show what a call would run, without running it. Secrets show as ***.
     #[command(
         name = "dry-run",
-        after_help = "Example:\n  mcpfier dry-run grep-logs --arg pattern=error --arg file=syslog"
+        after_help = "Example:\n  mcpfier dry-run grep-logs --arg pattern=error --arg file=syslog\n  mcpfier dry-run deploy-app --arg env=prod --as ci-bot\n\n\
+Exit status: 0 when the call would run; 1 when --as names a principal that may not make it\n\
+(the reason is printed); 2 when the arguments are invalid."
     )]
-    DryRun(CallArgs),
+    DryRun(DryRunArgs),
     /// Run a tool once, streaming its output, and exit with its exit code.
     #[command(
         after_help = "Example:\n  mcpfier call disk-usage --arg path=/var/log\n\n\
@@ -126,6 +128,17 @@ pub struct CallArgs {
     /// All arguments as one JSON object, e.g. '{"paths": ["a", "b"]}'.
     #[arg(long, value_name = "JSON", conflicts_with = "args")]
     pub json: Option<String>,
+}
+
+/// `dry-run`'s arguments: a call, and optionally who makes it.
+#[derive(Debug, clap::Args)]
+pub struct DryRunArgs {
+    #[command(flatten)]
+    pub call: CallArgs,
+    /// Check the call as this principal (an id under server.auth.api_keys): whether its roles
+    /// let it call the tool, and why.
+    #[arg(long = "as", value_name = "PRINCIPAL")]
+    pub principal: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -283,8 +283,39 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
             stop(tasks, shutdown).await;
             served?;
         }
-        Command::DryRun(args) => {
+        Command::DryRun(cli::DryRunArgs {
+            call: args,
+            principal,
+        }) => {
             let (_, catalog) = load(&cli, &env)?;
+            let mut authorization = None;
+            if let Some(id) = principal {
+                let access = &catalog.access;
+                if !access.enabled() {
+                    bail!(
+                        "--as needs server.auth in the config: without it every caller may call every tool"
+                    );
+                }
+                let Some(who) = access.principal(id) else {
+                    bail!(
+                        "no principal `{id}` under server.auth.api_keys (there are: {})",
+                        access.principal_ids().join(", ")
+                    );
+                };
+                if catalog.tool(&args.tool).is_some() {
+                    let (allowed, why) = access.explain(&who, &args.tool);
+                    if !allowed {
+                        eprintln!(
+                            "`{id}` may not call `{}`: {why}; nothing would run",
+                            args.tool
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    authorization = Some(
+                        json!({"principal": id, "roles": who.roles, "allowed": true, "why": why}),
+                    );
+                }
+            }
             let (tool, arguments) = tool_and_args(&catalog, args)?;
             let exec = match tool.prepare(Some(&arguments)) {
                 Ok(e) => e,
@@ -312,6 +343,10 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 "ok_exit_codes": tool.ok_exit_codes,
                 "concurrency": tool.concurrency,
             });
+            let mut plan = plan;
+            if let Some(a) = authorization {
+                plan["authorization"] = a;
+            }
             println!("{}", serde_json::to_string_pretty(&plan)?);
         }
         Command::Call(args) => {

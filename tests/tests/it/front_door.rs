@@ -427,3 +427,50 @@ fn the_https_certificate_is_replaced_when_its_files_change_and_a_bad_pair_is_ref
     );
     assert_eq!(result_text(&results[0]), "b\n", "{}", results[0]);
 }
+
+#[test]
+fn dry_run_as_a_principal_says_whether_its_roles_allow_the_call_and_why() {
+    let scratch = Scratch::new();
+    let k = keys();
+    let config = scratch.write("auth.yaml", &format!("server:\n{}{ROLES}{TOOLS}", k.yaml));
+    let config = config.to_str().unwrap();
+    let dry = |tool: &str, who: &str| {
+        mcpfier_cli(
+            &[
+                "--config", config, "dry-run", tool, "--arg", "m=x", "--as", who,
+            ],
+            &[],
+        )
+    };
+    let (code, out, err) = dry("echo-a", "ci-bot");
+    assert_eq!(code, 0, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["argv"], json!(["/bin/echo", "a x"]));
+    assert_eq!(plan["authorization"]["allowed"], true, "{plan}");
+    assert_eq!(
+        plan["authorization"]["why"],
+        "role `ops` allows `echo-a` (tools: echo-*, wipe)"
+    );
+    let (code, out, err) = dry("wipe", "ci-bot");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("`ci-bot` may not call `wipe`: role `ops` denies `wipe` (deny: wipe)"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+    let (code, _, err) = dry("echo-a", "viewer");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("none of its roles (watch) lists `echo-a`"),
+        "{err}"
+    );
+    let (code, _, err) = dry("echo-a", "nobody");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no principal `nobody`") && err.contains("ci-bot, viewer"),
+        "{err}"
+    );
+    for key in [&k.ops, &k.watch] {
+        assert!(!err.contains(key.as_str()));
+    }
+}
