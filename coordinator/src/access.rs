@@ -17,16 +17,22 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{Config, FleetAccess, Problem};
 
+pub mod oauth;
+pub use oauth::{OAuth, TokenError};
+
 /// What API keys start with, so a leaked one is recognisable (and secret scanners can match).
 pub const KEY_PREFIX: &str = "mcpf_";
 
 /// An authenticated caller.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// Its id, e.g. the API key's `id`.
+    /// Its id: the API key's `id`, or the token's `sub`.
     pub id: String,
-    /// The roles it has, in config order.
+    /// The roles it has.
     pub roles: Vec<String>,
+    /// How it authenticated: `api_key` or `oauth` (an API key id and a token subject that
+    /// are spelled alike are two principals).
+    pub method: &'static str,
 }
 
 impl fmt::Debug for Principal {
@@ -34,6 +40,7 @@ impl fmt::Debug for Principal {
         f.debug_struct("Principal")
             .field("id", &self.id)
             .field("roles", &self.roles)
+            .field("method", &self.method)
             .finish()
     }
 }
@@ -57,6 +64,7 @@ pub struct Access {
     enabled: bool,
     keys: Vec<ApiKey>,
     roles: IndexMap<String, Role>,
+    oauth: Option<OAuth>,
 }
 
 impl fmt::Debug for Access {
@@ -67,6 +75,7 @@ impl fmt::Debug for Access {
             .field("enabled", &self.enabled)
             .field("api_keys", &keys)
             .field("roles", &roles)
+            .field("oauth", &self.oauth.as_ref().map(|o| &o.issuer))
             .finish()
     }
 }
@@ -85,6 +94,9 @@ pub enum AuthError {
     /// A credential that no configured key matches.
     #[error("the credential is not valid")]
     Invalid,
+    /// An access token that does not verify, or lacks a required scope.
+    #[error("{0}")]
+    Token(TokenError),
     /// A credential in the URL, where proxies and logs keep it.
     #[error("credentials go in the Authorization header, never in the URL (query parameter `{0}`)")]
     InQuery(String),
@@ -100,11 +112,13 @@ impl Access {
             enabled: false,
             keys: Vec::new(),
             roles: IndexMap::new(),
+            oauth: None,
         }
     }
 
-    /// Checks `server.auth` and `roles`, adding what is wrong to `problems`.
-    pub fn build(config: &Config, problems: &mut Vec<Problem>) -> Access {
+    /// Checks `server.auth` and `roles`, adding what is wrong to `problems`; `base` (the
+    /// config file's directory) resolves relative paths.
+    pub fn build(config: &Config, base: &std::path::Path, problems: &mut Vec<Problem>) -> Access {
         let mut roles = IndexMap::new();
         for (name, role) in &config.roles {
             let at = format!("roles.{name}");
@@ -130,14 +144,25 @@ impl Access {
                 enabled: false,
                 keys: Vec::new(),
                 roles,
+                oauth: None,
             };
         };
-        if auth.api_keys.is_empty() {
+        if auth.api_keys.is_empty() && auth.oauth.is_none() {
             problems.push(Problem::new(
                 "server.auth",
-                "lists no way to authenticate: add api_keys (mcpfier keys new --id NAME --roles ROLE prints one), or remove server.auth",
+                "lists no way to authenticate: add api_keys (mcpfier keys new --id NAME --roles ROLE prints one) or oauth, or remove server.auth",
             ));
         }
+        let oauth = auth
+            .oauth
+            .as_ref()
+            .and_then(|section| match OAuth::build(section, base) {
+                Ok(o) => Some(o),
+                Err(found) => {
+                    problems.extend(found.into_iter().map(|(path, why)| Problem::new(path, why)));
+                    None
+                }
+            });
         let mut keys = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, key) in auth.api_keys.iter().enumerate() {
@@ -192,7 +217,13 @@ impl Access {
             enabled: true,
             keys,
             roles,
+            oauth,
         }
+    }
+
+    /// The OAuth settings, when tokens are accepted.
+    pub fn oauth(&self) -> Option<&OAuth> {
+        self.oauth.as_ref()
     }
 
     /// Whether callers must authenticate.
@@ -223,7 +254,16 @@ impl Access {
         if credential.is_empty() {
             return Err(AuthError::Malformed);
         }
-        self.by_key(credential).map(Some).ok_or(AuthError::Invalid)
+        if credential.starts_with(KEY_PREFIX) || self.oauth.is_none() {
+            return self.by_key(credential).map(Some).ok_or(AuthError::Invalid);
+        }
+        let oauth = self.oauth.as_ref().expect("checked above");
+        let claims = oauth.verify(credential).map_err(AuthError::Token)?;
+        Ok(Some(Principal {
+            id: claims.subject,
+            roles: claims.roles,
+            method: "oauth",
+        }))
     }
 
     /// The principal whose API key is `key`.
@@ -239,6 +279,7 @@ impl Access {
         found.map(|k| Principal {
             id: k.id.clone(),
             roles: k.roles.clone(),
+            method: "api_key",
         })
     }
 
@@ -257,6 +298,7 @@ impl Access {
         self.keys.iter().find(|k| k.id == id).map(|k| Principal {
             id: k.id.clone(),
             roles: k.roles.clone(),
+            method: "api_key",
         })
     }
 

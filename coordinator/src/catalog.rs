@@ -249,7 +249,7 @@ impl Catalog {
         if config.server.max_concurrency == 0 {
             problems.push(Problem::new("server.max_concurrency", "must be at least 1"));
         }
-        let access = crate::access::Access::build(&config, &mut problems);
+        let access = crate::access::Access::build(&config, base, &mut problems);
         let tls = config.server.tls.as_ref().map(|t| ServerTls {
             cert: base.join(&t.cert),
             key: base.join(&t.key),

@@ -100,6 +100,39 @@ pub struct AuthSection {
     /// API keys, each stored as its SHA-256 (`mcpfier keys new` makes one).
     #[serde(default)]
     pub api_keys: Vec<ApiKeySection>,
+    /// OAuth 2.1 access tokens (JWTs) from an authorization server.
+    #[serde(default)]
+    pub oauth: Option<OAuthSection>,
+}
+
+/// `server.auth.oauth`: accept access tokens (JWTs) that this authorization server issued
+/// for this server.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSection {
+    /// The issuer, exactly as tokens' `iss` says it, e.g. `https://auth.example.com`.
+    pub issuer: String,
+    /// This server's MCP URL, e.g. `https://mcp.example.com/mcp`: tokens' `aud` must contain
+    /// it (RFC 8707), and the protected-resource metadata is served for it (RFC 9728).
+    pub audience: String,
+    /// The issuer's signing keys (a JWKS, JSON), read again when a token names an unknown key.
+    pub jwks_file: PathBuf,
+    /// The claim that lists a principal's roles (default `roles`).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Scopes every token must carry.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Clock skew allowed for `exp` and `nbf` (default 60s).
+    #[serde(default = "default_leeway")]
+    pub leeway: HumanDuration,
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_leeway() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
 }
 
 /// One API key.

@@ -187,7 +187,32 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
                 }
             }),
         )
+        .merge(metadata_routes(&catalog))
         .layer(axum::middleware::from_fn_with_state(front, auth::check))
+}
+
+/// The protected-resource metadata (RFC 9728) when OAuth tokens are accepted, at
+/// `/.well-known/oauth-protected-resource` and at its form suffixed with the resource's path
+/// (`.../mcp`), which is where the metadata URL in 401 challenges points.
+fn metadata_routes(catalog: &Catalog) -> Router {
+    let Some(oauth) = catalog.access.oauth() else {
+        return Router::new();
+    };
+    let document = oauth.metadata();
+    let suffixed = oauth
+        .metadata_url
+        .find(auth::METADATA_PATH)
+        .map(|at| oauth.metadata_url[at..].to_owned())
+        .unwrap_or_else(|| auth::METADATA_PATH.to_owned());
+    let serve = move || {
+        let document = document.clone();
+        async move { axum::Json(document) }
+    };
+    let mut router = Router::new().route(auth::METADATA_PATH, get(serve.clone()));
+    if suffixed != auth::METADATA_PATH {
+        router = router.route(&suffixed, get(serve));
+    }
+    router
 }
 
 /// Forgets the owners of MCP sessions that have ended (closed, or expired by rmcp), every

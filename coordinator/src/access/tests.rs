@@ -5,7 +5,7 @@ use super::*;
 fn access(yaml: &str) -> (Access, Vec<Problem>) {
     let config: Config = yaml_serde::from_str(yaml).expect("the test config parses");
     let mut problems = Vec::new();
-    let access = Access::build(&config, &mut problems);
+    let access = Access::build(&config, std::path::Path::new("."), &mut problems);
     (access, problems)
 }
 
@@ -83,6 +83,7 @@ fn roles_grant_the_union_of_their_tools_minus_what_any_denies() {
     let ops = Principal {
         id: "ci-bot".into(),
         roles: vec!["ops".into()],
+        method: "api_key",
     };
     assert!(access.may_call(Some(&ops), "deploy-app"));
     assert!(access.may_call(Some(&ops), "system-info"));
@@ -93,6 +94,7 @@ fn roles_grant_the_union_of_their_tools_minus_what_any_denies() {
     let both = Principal {
         id: "x".into(),
         roles: vec!["watch".into(), "ops".into()],
+        method: "api_key",
     };
     assert!(access.may_read_fleet(Some(&both)));
     assert!(access.may_call(Some(&both), "deploy-app"));
@@ -132,4 +134,34 @@ fn bad_auth_config_names_what_to_fix() {
         problems[0].message.contains("lists no way to authenticate"),
         "{problems:?}"
     );
+}
+
+#[test]
+fn oauth_config_refuses_a_relative_audience_and_a_jwks_with_only_a_symmetric_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        r#"{"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]}"#,
+    )
+    .unwrap();
+    let config: Config = yaml_serde::from_str(
+        "server:\n  auth:\n    oauth: {issuer: https://a.test, audience: mcp, jwks_file: jwks.json}\n",
+    )
+    .unwrap();
+    let mut problems = Vec::new();
+    let access = Access::build(&config, dir.path(), &mut problems);
+    let text: Vec<_> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect();
+    let text = text.join("\n");
+    assert!(
+        text.contains("server.auth.oauth.audience: `mcp` must be this server's absolute MCP URL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("server.auth.oauth.jwks_file:") && text.contains("holds no usable key"),
+        "{text}"
+    );
+    assert!(access.oauth().is_none());
 }

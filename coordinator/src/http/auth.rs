@@ -12,10 +12,58 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::warn;
 
-use crate::access::{Access, AuthError, Principal};
+use crate::access::{Access, AuthError, Principal, TokenError};
 
 /// The MCP session header.
 const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Where the protected-resource metadata (RFC 9728) is served; open to everyone.
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// The answer to a request whose credential was refused: 401 with a `WWW-Authenticate`
+/// challenge (naming the protected-resource metadata when tokens are accepted), 403
+/// `insufficient_scope` for a token without a required scope, 400 for a credential in the
+/// URL.
+fn refuse(access: &Access, e: &AuthError) -> Response {
+    let metadata = access
+        .oauth()
+        .map(|o| format!("resource_metadata=\"{}\"", o.metadata_url));
+    let challenge = |extra: Option<String>| {
+        let mut parts: Vec<String> = Vec::new();
+        if metadata.is_none() {
+            parts.push("realm=\"mcpfier\"".into());
+        }
+        parts.extend(metadata.clone());
+        parts.extend(extra);
+        format!("Bearer {}", parts.join(", "))
+    };
+    let text = e.to_string();
+    match e {
+        AuthError::InQuery(_) => refusal(StatusCode::BAD_REQUEST, None, &text),
+        AuthError::Missing | AuthError::Malformed => {
+            refusal(StatusCode::UNAUTHORIZED, Some(&challenge(None)), &text)
+        }
+        AuthError::Invalid | AuthError::Token(TokenError::Invalid(_)) => {
+            // The description is ours (no token bytes in it); quotes would break the header.
+            let description = text.replace('"', "'");
+            refusal(
+                StatusCode::UNAUTHORIZED,
+                Some(&challenge(Some(format!(
+                    "error=\"invalid_token\", error_description=\"{description}\""
+                )))),
+                &text,
+            )
+        }
+        AuthError::Token(TokenError::Scope(missing)) => refusal(
+            StatusCode::FORBIDDEN,
+            Some(&challenge(Some(format!(
+                "error=\"insufficient_scope\", scope=\"{}\"",
+                missing.join(" ")
+            )))),
+            &text,
+        ),
+    }
+}
 
 /// The remote address of a request's connection.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +72,7 @@ pub struct Peer(pub SocketAddr);
 /// What the checks share: the access rules and which principal owns which session.
 pub struct Front {
     pub(super) access: Arc<Access>,
-    /// Session id -> the principal that opened it.
+    /// Session id -> the principal that opened it (`method:id`).
     sessions: Mutex<HashMap<String, String>>,
 }
 
@@ -67,7 +115,8 @@ pub(super) async fn check(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if req.uri().path() == "/healthz" || !front.access.enabled() {
+    let path = req.uri().path();
+    if path == "/healthz" || path.starts_with(METADATA_PATH) || !front.access.enabled() {
         return next.run(req).await;
     }
     let peer = req.extensions().get::<Peer>().map(|p| p.0);
@@ -88,19 +137,7 @@ pub(super) async fn check(
                 reason = %e,
                 "authentication refused"
             );
-            return match e {
-                AuthError::InQuery(_) => refusal(StatusCode::BAD_REQUEST, None, &e.to_string()),
-                AuthError::Invalid => refusal(
-                    StatusCode::UNAUTHORIZED,
-                    Some("Bearer realm=\"mcpfier\", error=\"invalid_token\""),
-                    &e.to_string(),
-                ),
-                AuthError::Missing | AuthError::Malformed => refusal(
-                    StatusCode::UNAUTHORIZED,
-                    Some("Bearer realm=\"mcpfier\""),
-                    &e.to_string(),
-                ),
-            };
+            return refuse(&front.access, &e);
         }
     };
     let session = req
@@ -108,9 +145,10 @@ pub(super) async fn check(
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let owner_key = format!("{}:{}", principal.method, principal.id);
     if let Some(id) = &session
         && let Some(owner) = front.owner(id)
-        && owner != principal.id
+        && owner != owner_key
     {
         warn!(
             peer = ?peer,
@@ -128,7 +166,7 @@ pub(super) async fn check(
         );
     }
     let deleting = req.method() == Method::DELETE;
-    let id = principal.id.clone();
+    let id = owner_key;
     req.extensions_mut().insert(principal);
     let response = next.run(req).await;
     match &session {

@@ -69,6 +69,16 @@ fn keys() -> Keys {
     }
 }
 
+/// The tool names of a `list_tools` result.
+fn tool_names(listed: &Value) -> Vec<&str> {
+    listed["tools"]
+        .as_array()
+        .expect("a list_tools result")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect()
+}
+
 fn post(addr: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut all = vec![
         ("Content-Type", "application/json"),
@@ -201,12 +211,7 @@ fn over_https_a_key_holder_sees_and_calls_only_what_its_roles_allow() {
             {"op": "call", "name": "no-such-tool", "arguments": {}},
         ]),
     );
-    let names: Vec<&str> = results[0]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = tool_names(&results[0]);
     assert_eq!(names, ["echo-a", "echo-b"], "{}", results[0]);
     assert_eq!(
         results[1]["structured_content"]["stdout"], "a hi\n",
@@ -473,4 +478,233 @@ fn dry_run_as_a_principal_says_whether_its_roles_allow_the_call_and_why() {
     for key in [&k.ops, &k.watch] {
         assert!(!err.contains(key.as_str()));
     }
+}
+
+/// Signing keys made by the test, their JWKS, and tokens signed with them
+/// (`tests/py/jwt_tool.py`).
+struct Issuer {
+    dir: PathBuf,
+}
+
+const ISSUER: &str = "https://auth.test";
+const AUDIENCE: &str = "https://mcp.test/mcp";
+
+impl Issuer {
+    /// Keys `rsa-N`, `ec-N` and `ed-N` (N = `suffix`) in `dir`, and their JWKS.
+    fn new(dir: &Path, suffix: &str) -> (Issuer, String) {
+        let out = std::process::Command::new(mcpfier_tests::python())
+            .arg(mcpfier_tests::workspace().join("tests/py/jwt_tool.py"))
+            .arg("keys")
+            .arg(dir)
+            .arg(suffix)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            Issuer {
+                dir: dir.to_owned(),
+            },
+            String::from_utf8(out.stdout).unwrap(),
+        )
+    }
+
+    fn sign(&self, kid: &str, alg: &str, claims: Value) -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new(mcpfier_tests::python())
+            .arg(mcpfier_tests::workspace().join("tests/py/jwt_tool.py"))
+            .args(["sign", self.dir.to_str().unwrap(), kid, alg])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(claims.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: &str, roles: &[&str]) -> Value {
+    json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": roles,
+        "scope": "mcp:tools other", "exp": now() + 600, "iat": now(),
+    })
+}
+
+#[test]
+fn oauth_tokens_are_verified_as_a_resource_server_must_and_every_forgery_gets_401() {
+    let scratch = Scratch::new();
+    let (issuer, jwks) = Issuer::new(&scratch.path().join("issuer"), "1");
+    let jwks_file = scratch.write("jwks.json", &jwks);
+    let config = scratch.write(
+        "oauth.yaml",
+        &format!(
+            "server:\n  auth:\n    oauth:\n      issuer: {ISSUER}\n      audience: {AUDIENCE}\n      jwks_file: {}\n      required_scopes: [\"mcp:tools\"]\n{ROLES}{TOOLS}",
+            jwks_file.display()
+        ),
+    );
+    let c = Coordinator::start(&config, &[], &[]);
+    let addr = &c.addr;
+    let with = |token: &str| post(addr, &[("Authorization", &format!("Bearer {token}"))], INIT);
+
+    // Each accepted algorithm, with a key of its own kind.
+    for (kid, alg) in [("rsa-1", "RS256"), ("ec-1", "ES256"), ("ed-1", "EdDSA")] {
+        let r = with(&issuer.sign(kid, alg, claims("alice", &["ops"])));
+        assert_eq!(r.status, 200, "{alg}: {r:?}");
+    }
+    // The official client with a token sees and calls what its roles allow.
+    let token = issuer.sign("ed-1", "EdDSA", claims("alice", &["ops"]));
+    let results = drive_http_ok_as(
+        &c.url(),
+        Some(&token),
+        None,
+        json!([
+            {"op": "list_tools"},
+            {"op": "call", "name": "echo-a", "arguments": {"m": "tok"}},
+        ]),
+    );
+    let names = tool_names(&results[0]);
+    assert_eq!(names, ["echo-a", "echo-b"]);
+    assert_eq!(results[1]["structured_content"]["stdout"], "a tok\n");
+
+    let metadata =
+        "resource_metadata=\"https://mcp.test/.well-known/oauth-protected-resource/mcp\"";
+    // One character in the middle of the signature changed.
+    let signed = issuer.sign("rsa-1", "RS256", claims("alice", &["ops"]));
+    let at = signed.len() - 20;
+    let flipped = if &signed[at..at + 1] == "A" { "B" } else { "A" };
+    let tamper = format!("{}{flipped}{}", &signed[..at], &signed[at + 1..]);
+    let mut wrong_aud = claims("alice", &["ops"]);
+    wrong_aud["aud"] = json!("https://other.test/mcp");
+    let mut wrong_iss = claims("alice", &["ops"]);
+    wrong_iss["iss"] = json!("https://evil.test");
+    let mut expired = claims("alice", &["ops"]);
+    expired["exp"] = json!(now() - 3600);
+    let mut early = claims("alice", &["ops"]);
+    early["nbf"] = json!(now() + 3600);
+    let mut no_sub = claims("alice", &["ops"]);
+    no_sub.as_object_mut().unwrap().remove("sub");
+    for (what, token, want) in [
+        ("tampered signature", tamper, "signature does not verify"),
+        (
+            "wrong audience",
+            issuer.sign("rsa-1", "RS256", wrong_aud),
+            "audience does not include https://mcp.test/mcp",
+        ),
+        (
+            "wrong issuer",
+            issuer.sign("rsa-1", "RS256", wrong_iss),
+            "issuer is not https://auth.test",
+        ),
+        ("expired", issuer.sign("ec-1", "ES256", expired), "expired"),
+        (
+            "not yet valid",
+            issuer.sign("ec-1", "ES256", early),
+            "not valid yet",
+        ),
+        ("no subject", issuer.sign("ed-1", "EdDSA", no_sub), "`sub`"),
+        (
+            "alg none",
+            issuer.sign("rsa-1", "none", claims("alice", &["ops"])),
+            "not valid",
+        ),
+        (
+            "HMAC keyed with the public key",
+            issuer.sign("rsa-1", "HS256", claims("alice", &["ops"])),
+            "HS256 is not accepted",
+        ),
+        ("not a JWT", "eyJhbGciOi.garbage".to_owned(), "not valid"),
+    ] {
+        let r = with(&token);
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.contains("error=\"invalid_token\"") && challenge.contains(metadata),
+            "{what}: {challenge}"
+        );
+        assert!(r.body.contains(want), "{what}: {r:?}");
+    }
+    // No token: 401 naming where to learn how to get one; the metadata is open.
+    let r = post(addr, &[], INIT);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(format!("Bearer {metadata}").as_str())
+    );
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let r = get(addr, path, None);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        let doc: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(doc["resource"], AUDIENCE);
+        assert_eq!(doc["authorization_servers"], json!([ISSUER]));
+    }
+    // A token without a required scope: 403 insufficient_scope, naming it.
+    let mut narrow = claims("alice", &["ops"]);
+    narrow["scope"] = json!("other");
+    let r = with(&issuer.sign("rsa-1", "RS256", narrow));
+    assert_eq!(r.status, 403, "{r:?}");
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"")
+            && challenge.contains("scope=\"mcp:tools\""),
+        "{challenge}"
+    );
+    // A token in the URL.
+    let token = issuer.sign("rsa-1", "RS256", claims("alice", &["ops"]));
+    let r = http_exchange(
+        addr,
+        "POST",
+        &format!("/mcp?access_token={token}"),
+        &[("Content-Type", "application/json")],
+        INIT,
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "{r:?}");
+
+    // A new signing key: the first token naming it reads the JWKS again; the next unknown
+    // key within the floor does not.
+    let (_, new_jwks) = Issuer::new(&scratch.path().join("issuer"), "2");
+    let mut both: Value = serde_json::from_str(&jwks).unwrap();
+    let new: Value = serde_json::from_str(&new_jwks).unwrap();
+    both["keys"]
+        .as_array_mut()
+        .unwrap()
+        .extend(new["keys"].as_array().unwrap().iter().cloned());
+    std::fs::write(&jwks_file, both.to_string()).unwrap();
+    let r = with(&issuer.sign("ed-2", "EdDSA", claims("bob", &["ops"])));
+    assert_eq!(r.status, 200, "the re-read JWKS holds the new ed-2: {r:?}");
+    let r = with(&issuer.sign("rsa-1", "RS256", claims("bob", &["ops"])));
+    assert_eq!(r.status, 200, "{r:?}");
+    let log = c.log_text();
+    assert_eq!(log.matches("JWKS read again").count(), 1, "{log}");
+    let r = post(
+        addr,
+        &[(
+            "Authorization",
+            "Bearer eyJhbGciOiJSUzI1NiIsImtpZCI6Im5vcGUifQ.e30.AA",
+        )],
+        INIT,
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(c.log_text().matches("JWKS read again").count(), 1);
+    assert!(!c.log_text().contains(&token), "a token reached the log");
 }

@@ -1,0 +1,340 @@
+//! `server.auth.oauth`: mcpfier as an OAuth 2.1 resource server, as the MCP authorization
+//! spec asks. It verifies access tokens (JWTs) against the issuer's JWKS and never talks to
+//! the authorization server for a call; it never passes a token on (tools and agents get no
+//! trace of it).
+//!
+//! Accepted: RS256, ES256 (P-256) and EdDSA (Ed25519), each only with a key of its own kind
+//! from the JWKS, so neither `none` nor an HMAC "key" made from a public key can verify.
+//! Checked: the signature, `exp` (required), `nbf`, `iss` equal to `issuer`, `aud`
+//! containing `audience` (this server's resource, RFC 8707), a `sub`, and
+//! `required_scopes`. An unknown `kid` reads the JWKS again, at most once per
+//! [`REFRESH_FLOOR`].
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use tracing::{info, warn};
+
+/// The least time between two reads of the JWKS for unknown key ids: a flood of tokens with
+/// made-up `kid`s must not turn into a flood of reads.
+pub const REFRESH_FLOOR: Duration = Duration::from_secs(30);
+
+/// A usable key of the JWKS.
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// The checked `server.auth.oauth`.
+pub struct OAuth {
+    /// `iss` tokens must carry.
+    pub issuer: String,
+    /// This server's resource identifier; tokens' `aud` must contain it.
+    pub audience: String,
+    /// Where the protected-resource metadata is served (RFC 9728), from `audience`.
+    pub metadata_url: String,
+    /// The claim that lists a principal's roles.
+    pub roles_claim: String,
+    /// Scopes every token needs.
+    pub required_scopes: Vec<String>,
+    leeway: Duration,
+    jwks_file: PathBuf,
+    keys: RwLock<Arc<Vec<Key>>>,
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// `sub`.
+    pub subject: String,
+    /// The roles claim (an array of strings, or one space-separated string).
+    pub roles: Vec<String>,
+    /// `scope` (space-separated) or `scp` (an array).
+    pub scopes: Vec<String>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a valid token for this server: 401 `invalid_token`.
+    #[error("the access token is not valid: {0}")]
+    Invalid(String),
+    /// Valid, but without scopes this server requires: 403 `insufficient_scope`.
+    #[error("the access token lacks the scope {}", .0.join(" "))]
+    Scope(Vec<String>),
+}
+
+/// The algorithm a JWK can verify, or why it is not used.
+fn algorithm_of(jwk: &Jwk) -> Result<Algorithm, String> {
+    let alg = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        AlgorithmParameters::OctetKey(_) => {
+            return Err("a symmetric (oct) key: never used to verify".into());
+        }
+        _ => return Err("a curve other than P-256 or Ed25519".into()),
+    };
+    // A key that says what it is for must say this algorithm.
+    if let Some(declared) = &jwk.common.key_algorithm {
+        let declared = format!("{declared:?}");
+        if declared != format!("{alg:?}") {
+            return Err(format!("its `alg` is {declared}, not {alg:?}"));
+        }
+    }
+    Ok(alg)
+}
+
+/// Reads the keys of the JWKS at `path`, skipping (and logging) the ones it won't use.
+fn read_keys(path: &std::path::Path) -> Result<Vec<Key>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a JWKS: {e}", path.display()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let kid = jwk.common.key_id.clone();
+        match algorithm_of(jwk).and_then(|alg| {
+            DecodingKey::from_jwk(jwk)
+                .map(|key| (alg, key))
+                .map_err(|e| e.to_string())
+        }) {
+            Ok((alg, key)) => keys.push(Key { kid, alg, key }),
+            Err(why) => warn!(
+                kid = kid.as_deref().unwrap_or("-"),
+                why, "JWKS key not used"
+            ),
+        }
+    }
+    if keys.is_empty() {
+        return Err(format!(
+            "{} holds no usable key (RS256, ES256 P-256 or EdDSA Ed25519)",
+            path.display()
+        ));
+    }
+    Ok(keys)
+}
+
+impl OAuth {
+    /// Checks the section; `base` resolves a relative `jwks_file`.
+    pub fn build(
+        section: &crate::config::OAuthSection,
+        base: &std::path::Path,
+    ) -> Result<OAuth, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let at = "server.auth.oauth";
+        let metadata_url = match metadata_url(&section.audience) {
+            Ok(u) => u,
+            Err(why) => {
+                problems.push((format!("{at}.audience"), why));
+                String::new()
+            }
+        };
+        if section.issuer.is_empty() {
+            problems.push((
+                format!("{at}.issuer"),
+                "must be the authorization server's issuer URL, exactly as tokens' `iss` says it"
+                    .into(),
+            ));
+        }
+        let jwks_file = base.join(&section.jwks_file);
+        let keys = match read_keys(&jwks_file) {
+            Ok(k) => k,
+            Err(why) => {
+                problems.push((format!("{at}.jwks_file"), why));
+                Vec::new()
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(OAuth {
+            issuer: section.issuer.clone(),
+            audience: section.audience.clone(),
+            metadata_url,
+            roles_claim: section.roles_claim.clone(),
+            required_scopes: section.required_scopes.clone(),
+            leeway: section.leeway.get(),
+            jwks_file,
+            keys: RwLock::new(Arc::new(keys)),
+            last_refresh: Mutex::new(None),
+        })
+    }
+
+    /// The metadata document of RFC 9728.
+    pub fn metadata(&self) -> Value {
+        serde_json::json!({
+            "resource": self.audience,
+            "authorization_servers": [self.issuer],
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": self.required_scopes,
+        })
+    }
+
+    fn keys(&self) -> Arc<Vec<Key>> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the JWKS again unless that was done less than [`REFRESH_FLOOR`] ago; whether it
+    /// did.
+    fn refresh(&self) -> bool {
+        {
+            let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < REFRESH_FLOOR) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        match read_keys(&self.jwks_file) {
+            Ok(keys) => {
+                info!(keys = keys.len(), file = %self.jwks_file.display(), "JWKS read again for an unknown key id");
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                true
+            }
+            Err(why) => {
+                warn!(why, "kept the current JWKS");
+                false
+            }
+        }
+    }
+
+    /// Verifies `token` and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let invalid = |s: String| TokenError::Invalid(s);
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| invalid(format!("it does not parse as a JWT ({e})")))?;
+        if !matches!(
+            header.alg,
+            Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
+        ) {
+            return Err(invalid(format!(
+                "algorithm {:?} is not accepted (RS256, ES256 or EdDSA only)",
+                header.alg
+            )));
+        }
+        let find = |keys: &[Key]| -> Option<usize> {
+            keys.iter().position(|k| {
+                k.alg == header.alg
+                    && match (&header.kid, &k.kid) {
+                        (Some(want), Some(have)) => want == have,
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                    }
+            })
+        };
+        let mut keys = self.keys();
+        if header.kid.is_none() && keys.iter().filter(|k| k.alg == header.alg).count() > 1 {
+            return Err(invalid(
+                "it names no key (`kid`) and the JWKS has several for its algorithm".into(),
+            ));
+        }
+        let index = match find(&keys) {
+            Some(i) => i,
+            None => {
+                if header.kid.is_some() && self.refresh() {
+                    keys = self.keys();
+                }
+                find(&keys).ok_or_else(|| {
+                    invalid(format!(
+                        "no {:?} key with id {:?} in the JWKS",
+                        header.alg,
+                        header.kid.as_deref().unwrap_or("-")
+                    ))
+                })?
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(
+            token,
+            &keys[index].key,
+            &validation,
+        )
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            invalid(match e.kind() {
+                K::ExpiredSignature => "it has expired".into(),
+                K::ImmatureSignature => "it is not valid yet (nbf)".into(),
+                K::InvalidIssuer => format!("its issuer is not {}", self.issuer),
+                K::InvalidAudience => format!("its audience does not include {}", self.audience),
+                K::InvalidSignature => "its signature does not verify".into(),
+                K::MissingRequiredClaim(c) => format!("it has no `{c}` claim"),
+                other => format!("it is malformed ({other:?})"),
+            })
+        })?;
+        let claims = data.claims;
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| crate::access::valid_principal_id(s))
+            .ok_or_else(|| invalid("its `sub` is not a valid principal id".into()))?
+            .to_owned();
+        let roles = strings(claims.get(&self.roles_claim));
+        let mut scopes = strings(claims.get("scope"));
+        scopes.extend(strings(claims.get("scp")));
+        let missing: Vec<String> = self
+            .required_scopes
+            .iter()
+            .filter(|s| !scopes.contains(s))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(TokenError::Scope(missing));
+        }
+        Ok(Claims {
+            subject,
+            roles,
+            scopes,
+        })
+    }
+}
+
+/// Strings from a claim: an array of strings, or one space-separated string.
+fn strings(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Where RFC 9728 puts the metadata of `resource`: `/.well-known/oauth-protected-resource`
+/// followed by the resource's path, on the resource's origin.
+fn metadata_url(resource: &str) -> Result<String, String> {
+    let uri: http::Uri = resource
+        .parse()
+        .map_err(|_| format!("`{resource}` is not a URL"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(format!(
+            "`{resource}` must be this server's absolute MCP URL, e.g. https://mcp.example.com/mcp (tokens' `aud`)"
+        ));
+    };
+    if scheme != "https" && scheme != "http" {
+        return Err(format!("`{resource}` must be an https:// URL"));
+    }
+    if uri.query().is_some() || resource.contains('#') {
+        return Err(format!("`{resource}` must have no query or fragment"));
+    }
+    let path = uri.path().trim_end_matches('/');
+    Ok(format!(
+        "{scheme}://{authority}/.well-known/oauth-protected-resource{path}"
+    ))
+}
