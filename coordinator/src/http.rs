@@ -189,6 +189,21 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         )
         .merge(metadata_routes(&catalog))
         .layer(axum::middleware::from_fn_with_state(front, auth::check))
+        .layer(axum::middleware::from_fn(session_closed_is_204))
+}
+
+/// A session's `DELETE /mcp` is answered 204 No Content: rmcp says 202 Accepted, which the
+/// official Python client reports as "Session termination failed: 202" at every close.
+async fn session_closed_is_204(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let deleting = req.method() == axum::http::Method::DELETE;
+    let response = next.run(req).await;
+    if deleting && response.status() == StatusCode::ACCEPTED {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    response
 }
 
 /// The protected-resource metadata (RFC 9728) when OAuth tokens are accepted, at

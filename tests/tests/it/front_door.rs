@@ -230,7 +230,15 @@ fn over_https_a_key_holder_sees_and_calls_only_what_its_roles_allow() {
         "{denied}"
     );
     assert!(!c.log_text().contains("wiped"));
-    // A principal with no tools sees none.
+    // A principal with no tools sees none; its client closes its session cleanly (204).
+    let (code, _, err) = drive_http_as(
+        &c.url(),
+        Some(&k.watch),
+        Some(&ca),
+        json!([{"op": "list_tools"}]),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("Session termination failed"), "{err}");
     let results = drive_http_ok_as(
         &c.url(),
         Some(&k.watch),
@@ -351,6 +359,25 @@ fn bad_credentials_get_401_with_a_challenge_and_a_session_stays_with_its_princip
         call,
     );
     assert_eq!(r.status, 403, "{r:?}");
+    // Closing: another principal can't, the owner can, and gets 204.
+    let close = |auth: &str| {
+        http_exchange(
+            addr,
+            "DELETE",
+            "/mcp",
+            &[("Authorization", auth), ("Mcp-Session-Id", &session)],
+            "",
+        )
+        .unwrap()
+    };
+    assert_eq!(close(&watch_auth).status, 403);
+    assert_eq!(close(&ops_auth).status, 204);
+    let r = post(
+        addr,
+        &[("Authorization", &ops_auth), ("Mcp-Session-Id", &session)],
+        list,
+    );
+    assert_eq!(r.status, 404, "a closed session is gone: {r:?}");
     let log = c.log_text();
     assert!(
         log.contains("refused a request on another principal's session"),
