@@ -33,6 +33,23 @@ pub struct Principal {
     /// How it authenticated: `api_key` or `oauth` (an API key id and a token subject that
     /// are spelled alike are two principals).
     pub method: &'static str,
+    /// The token's scopes (`oauth`); empty for an API key.
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    /// The scopes of `needed` that this principal's token lacks. An API key is authorized by
+    /// its roles alone, so it lacks none.
+    pub fn missing_scopes<'a>(&self, needed: &'a [String]) -> Vec<&'a str> {
+        if self.method != "oauth" {
+            return Vec::new();
+        }
+        needed
+            .iter()
+            .filter(|s| !self.scopes.contains(s))
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 impl fmt::Debug for Principal {
@@ -263,6 +280,7 @@ impl Access {
             id: claims.subject,
             roles: claims.roles,
             method: "oauth",
+            scopes: claims.scopes,
         }))
     }
 
@@ -280,6 +298,7 @@ impl Access {
             id: k.id.clone(),
             roles: k.roles.clone(),
             method: "api_key",
+            scopes: Vec::new(),
         })
     }
 
@@ -299,6 +318,7 @@ impl Access {
             id: k.id.clone(),
             roles: k.roles.clone(),
             method: "api_key",
+            scopes: Vec::new(),
         })
     }
 

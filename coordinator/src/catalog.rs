@@ -155,6 +155,8 @@ pub struct Tool {
     pub input_schema: Arc<Map<String, Value>>,
     /// Labels an agent needs to run this tool (fleet mode).
     pub placement: BTreeMap<String, String>,
+    /// OAuth scopes a token needs to call it (`scopes:`).
+    pub scopes: Vec<String>,
     /// Run in a container (`container:` section).
     pub container: Option<mcpfier_exec::ContainerSpec>,
     /// The tool's canonical definition ([`signing::definition`]), the bytes a signature
@@ -549,6 +551,7 @@ fn build_tool(
         concurrency: section.concurrency,
         input_schema,
         placement: section.placement.map(|p| p.labels).unwrap_or_default(),
+        scopes: section.scopes,
         container,
         definition,
         signature: None,

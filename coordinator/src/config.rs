@@ -292,6 +292,11 @@ pub struct ToolSection {
     pub env: BTreeMap<String, String>,
     /// Working directory (absolute). Defaults to mcpfier's own.
     pub workdir: Option<PathBuf>,
+    /// OAuth scopes a token must carry to call this tool, e.g. `[deploy:write]`; a token
+    /// without them gets 403 `insufficient_scope` naming them, so the client can ask for
+    /// more. (API keys are authorized by their roles alone.)
+    #[serde(default)]
+    pub scopes: Vec<String>,
     /// Longest a call may run (default 60s); then its process group gets SIGTERM and, after a
     /// short grace, SIGKILL.
     #[serde(default = "default_timeout")]

@@ -104,7 +104,13 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     let server = Server::new(dispatcher, tasks, shutdown.clone());
     let sessions = Arc::new(LocalSessionManager::default());
     let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config);
-    let front = Arc::new(Front::new(catalog.access.clone()));
+    let tool_scopes = catalog
+        .tools
+        .values()
+        .filter(|t| !t.scopes.is_empty())
+        .map(|t| (t.name.clone(), t.scopes.clone()))
+        .collect();
+    let front = Arc::new(Front::new(catalog.access.clone(), tool_scopes));
     if catalog.access.enabled() {
         tasks.spawn(forget_closed_sessions(front.clone(), sessions, shutdown));
     }

@@ -386,6 +386,21 @@ impl Server {
                 None,
             ));
         };
+        let principal = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| crate::http::auth::principal_of(&p.extensions));
+        if let Some(who) = principal {
+            let missing = who.missing_scopes(&tool.scopes);
+            if !missing.is_empty() {
+                info!(missing = %missing.join(" "), "call refused: the token lacks a scope");
+                return Ok(error_result(format!(
+                    "`{}` needs the OAuth scope {}; ask for a token with it. Nothing was run",
+                    tool.name,
+                    missing.join(" ")
+                )));
+            }
+        }
         let exec = match tool.prepare(request.arguments.as_ref()) {
             Ok(exec) => exec,
             Err(errors) => {

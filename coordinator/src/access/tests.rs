@@ -84,6 +84,7 @@ fn roles_grant_the_union_of_their_tools_minus_what_any_denies() {
         id: "ci-bot".into(),
         roles: vec!["ops".into()],
         method: "api_key",
+        scopes: Vec::new(),
     };
     assert!(access.may_call(Some(&ops), "deploy-app"));
     assert!(access.may_call(Some(&ops), "system-info"));
@@ -95,6 +96,7 @@ fn roles_grant_the_union_of_their_tools_minus_what_any_denies() {
         id: "x".into(),
         roles: vec!["watch".into(), "ops".into()],
         method: "api_key",
+        scopes: Vec::new(),
     };
     assert!(access.may_read_fleet(Some(&both)));
     assert!(access.may_call(Some(&both), "deploy-app"));

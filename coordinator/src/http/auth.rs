@@ -72,14 +72,17 @@ pub struct Peer(pub SocketAddr);
 /// What the checks share: the access rules and which principal owns which session.
 pub struct Front {
     pub(super) access: Arc<Access>,
+    /// The tools that name OAuth scopes, with them.
+    tool_scopes: HashMap<String, Vec<String>>,
     /// Session id -> the principal that opened it (`method:id`).
     sessions: Mutex<HashMap<String, String>>,
 }
 
 impl Front {
-    pub(super) fn new(access: Arc<Access>) -> Self {
+    pub(super) fn new(access: Arc<Access>, tool_scopes: HashMap<String, Vec<String>>) -> Self {
         Self {
             access,
+            tool_scopes,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -167,6 +170,13 @@ pub(super) async fn check(
     }
     let deleting = req.method() == Method::DELETE;
     let id = owner_key;
+    if principal.method == "oauth" && !front.tool_scopes.is_empty() && req.method() == Method::POST
+    {
+        req = match step_up(&front, &principal, req).await {
+            Ok(req) => req,
+            Err(refused) => return *refused,
+        };
+    }
     req.extensions_mut().insert(principal);
     let response = next.run(req).await;
     match &session {
@@ -185,6 +195,47 @@ pub(super) async fn check(
         Some(_) => {}
     }
     response
+}
+
+/// The most bytes of a request body read to find which tool a `tools/call` names (rmcp's own
+/// limit is the same order).
+const BODY_LIMIT: usize = 4 << 20;
+
+/// Refuses with 403 `insufficient_scope` a `tools/call` of a tool whose scopes the token
+/// lacks, naming them (so the client can ask for a token with them); otherwise hands the
+/// request back whole. Only for tools the principal's roles allow: for any other, the MCP
+/// handler answers as for a tool that does not exist.
+async fn step_up(
+    front: &Front,
+    principal: &Principal,
+    req: Request,
+) -> Result<Request, Box<Response>> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        Box::new(refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            &format!("the request body is over {} MiB", BODY_LIMIT >> 20),
+        ))
+    })?;
+    let called = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .filter(|m| m["method"] == "tools/call")
+        .and_then(|m| m["params"]["name"].as_str().map(str::to_owned));
+    if let Some(tool) = called
+        && let Some(needed) = front.tool_scopes.get(&tool)
+        && front.access.may_call(Some(principal), &tool)
+    {
+        let missing = principal.missing_scopes(needed);
+        if !missing.is_empty() {
+            warn!(principal = %principal.id, tool = %tool, missing = %missing.join(" "), "call refused: the token lacks a scope the tool needs");
+            let e = AuthError::Token(TokenError::Scope(
+                missing.iter().map(|s| s.to_string()).collect(),
+            ));
+            return Err(Box::new(refuse(&front.access, &e)));
+        }
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
 /// The principal a request was authenticated as (`None` when authentication is off).

@@ -579,11 +579,19 @@ fn oauth_tokens_are_verified_as_a_resource_server_must_and_every_forgery_gets_40
     let scratch = Scratch::new();
     let (issuer, jwks) = Issuer::new(&scratch.path().join("issuer"), "1");
     let jwks_file = scratch.write("jwks.json", &jwks);
+    // Each run of echo-deploy appends a line.
+    let ledger = scratch.path().join("ledger");
+    let runs = || {
+        std::fs::read_to_string(&ledger)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
     let config = scratch.write(
         "oauth.yaml",
         &format!(
-            "server:\n  auth:\n    oauth:\n      issuer: {ISSUER}\n      audience: {AUDIENCE}\n      jwks_file: {}\n      required_scopes: [\"mcp:tools\"]\n{ROLES}{TOOLS}",
-            jwks_file.display()
+            "server:\n  auth:\n    oauth:\n      issuer: {ISSUER}\n      audience: {AUDIENCE}\n      jwks_file: {}\n      required_scopes: [\"mcp:tools\"]\n{ROLES}{TOOLS}  - name: echo-deploy\n    command: [/bin/sh, -c, \"echo ran >> {}; echo deployed\"]\n    scopes: [\"deploy:write\"]\n",
+            jwks_file.display(),
+            ledger.display()
         ),
     );
     let c = Coordinator::start(&config, &[], &[]);
@@ -607,7 +615,7 @@ fn oauth_tokens_are_verified_as_a_resource_server_must_and_every_forgery_gets_40
         ]),
     );
     let names = tool_names(&results[0]);
-    assert_eq!(names, ["echo-a", "echo-b"]);
+    assert_eq!(names, ["echo-a", "echo-b", "echo-deploy"]);
     assert_eq!(results[1]["structured_content"]["stdout"], "a tok\n");
 
     let metadata =
@@ -695,6 +703,49 @@ fn oauth_tokens_are_verified_as_a_resource_server_must_and_every_forgery_gets_40
             && challenge.contains("scope=\"mcp:tools\""),
         "{challenge}"
     );
+    // A tool that names a scope: a token without it gets 403 naming it (step-up), and the
+    // tool does not run; with it, the call runs.
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo-deploy","arguments":{}}}"#;
+    let session_call = |token: &str| {
+        let auth = format!("Bearer {token}");
+        let r = post(addr, &[("Authorization", &auth)], INIT);
+        assert_eq!(r.status, 200, "{r:?}");
+        let session = r.header("mcp-session-id").unwrap().to_owned();
+        let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        post(
+            addr,
+            &[("Authorization", &auth), ("Mcp-Session-Id", &session)],
+            initialized,
+        );
+        post(
+            addr,
+            &[("Authorization", &auth), ("Mcp-Session-Id", &session)],
+            call,
+        )
+    };
+    let r = session_call(&issuer.sign("ec-1", "ES256", claims("alice", &["ops"])));
+    assert_eq!(r.status, 403, "{r:?}");
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"")
+            && challenge.contains("scope=\"deploy:write\"")
+            && challenge.contains(metadata),
+        "{challenge}"
+    );
+    assert_eq!(runs(), 0, "a refused call ran");
+    let mut wider = claims("alice", &["ops"]);
+    wider["scope"] = json!("mcp:tools deploy:write");
+    let r = session_call(&issuer.sign("ec-1", "ES256", wider));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("deployed"), "{r:?}");
+    assert_eq!(runs(), 1);
+    // A principal whose roles don't allow the tool gets the unknown-tool answer, not a
+    // step-up that would say it exists.
+    let r = session_call(&issuer.sign("ec-1", "ES256", claims("carol", &["watch"])));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("unknown tool `echo-deploy`"), "{r:?}");
+    assert_eq!(runs(), 1);
+
     // A token in the URL.
     let token = issuer.sign("rsa-1", "RS256", claims("alice", &["ops"]));
     let r = http_exchange(
