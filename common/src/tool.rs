@@ -127,6 +127,20 @@ pub struct Param {
     /// array: most items.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_items: Option<u64>,
+    /// string or array: accept values that start with `-` where the value begins an argv
+    /// element with no `--` before it in the command (where the program could read it as an
+    /// option, e.g. `--upload-pack=...`). Refused by default.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_options: bool,
+    /// string or array: accept Unicode bidirectional control characters (U+202A-U+202E,
+    /// U+2066-U+2069, U+200E, U+200F, U+061C), which make text display in another order than
+    /// it is. Refused by default.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_bidi: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Param {

@@ -49,6 +49,9 @@ pub fn parse(
         }
     };
     let mut catalog = Catalog::build(config, base, env).map_err(with_lines)?;
+    for w in &mut catalog.warnings {
+        w.line = lines.line(&w.path);
+    }
     let tools: Vec<(&str, &[u8])> = catalog
         .tools
         .values()
@@ -75,6 +78,9 @@ pub struct Catalog {
     pub tls: Option<ServerTls>,
     /// `server.auth` and `roles`, checked.
     pub access: Arc<crate::access::Access>,
+    /// What is allowed but probably not meant (`validate` prints them; lines are filled in
+    /// by [`parse`]).
+    pub warnings: Vec<Problem>,
     /// The fleet to run calls on; `None` runs them in this process.
     pub fleet: Option<FleetSettings>,
     /// The tools by name, in the file's order.
@@ -279,6 +285,7 @@ impl Catalog {
         }
 
         let mut tools = IndexMap::new();
+        let mut warnings = Vec::new();
         let mut seen = HashSet::new();
         for (i, section) in config.tools.into_iter().enumerate() {
             let at = format!("tools[{i}]");
@@ -302,7 +309,7 @@ impl Catalog {
                     "placement needs a `fleet` section: without one, every call runs in this process",
                 ));
             }
-            if let Some(tool) = build_tool(section, &at, env, &mut problems) {
+            if let Some(tool) = build_tool(section, &at, env, &mut problems, &mut warnings) {
                 tools.insert(tool.name.clone(), Arc::new(tool));
             }
         }
@@ -313,6 +320,7 @@ impl Catalog {
                 listen,
                 tls,
                 access: Arc::new(access),
+                warnings,
                 fleet,
                 tools,
             }),
@@ -455,13 +463,14 @@ fn build_tool(
     at: &str,
     env: &HashMap<String, String>,
     problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
 ) -> Option<Tool> {
     let before = problems.len();
     let signable = signing::definition(&section);
     let definition: Arc<[u8]> = signable.canonical().into();
     let mut problem = |path: String, message: String| problems.push(Problem::new(path, message));
 
-    let params: Vec<CompiledParam> = section
+    let mut params: Vec<CompiledParam> = section
         .params
         .iter()
         .map(|(name, spec)| {
@@ -470,6 +479,18 @@ fn build_tool(
         .collect();
 
     let command = template::compile(&section.command, &section.params, at, &mut problem);
+    template::mark_option_positions(&command, &mut params);
+    for p in &params {
+        if p.option_position && !p.spec.allow_options {
+            warnings.push(Problem::new(
+                format!("{at}.command"),
+                format!(
+                    "`{{{{{}}}}}` begins an argument with no `--` before it: values starting with `-` are refused. Put `--` before it if the program takes one, or set params.{}.allow_options: true if options are meant",
+                    p.name, p.name
+                ),
+            ));
+        }
+    }
 
     // Environment and secrets.
     let mut env_vars = Vec::new();

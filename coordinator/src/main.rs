@@ -223,7 +223,18 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         Command::Validate => {
             let path = config::find(cli.config.as_deref(), &env)?;
             match mcpfier_coordinator::catalog::load(&path, &env) {
-                Ok(catalog) => println!("{}: ok, {} tools", path.display(), catalog.tools.len()),
+                Ok(catalog) => {
+                    for w in &catalog.warnings {
+                        let line = w.line.map(|l| format!(":{l}")).unwrap_or_default();
+                        eprintln!(
+                            "warning: {}{line}: {}: {}",
+                            path.display(),
+                            w.path,
+                            w.message
+                        );
+                    }
+                    println!("{}: ok, {} tools", path.display(), catalog.tools.len())
+                }
                 Err(e) => {
                     eprint!("{e}");
                     return Ok(ExitCode::FAILURE);

@@ -19,6 +19,10 @@ pub struct CompiledParam {
     pub pattern: Option<Regex>,
     /// `items.pattern`, compiled (array parameters).
     pub item_pattern: Option<Regex>,
+    /// Whether the parameter begins an argv element with no `--` before it in the command
+    /// ([`super::template::option_positions`]): then a value starting with `-` is refused
+    /// unless `allow_options`.
+    pub option_position: bool,
 }
 
 impl CompiledParam {
@@ -193,6 +197,7 @@ pub fn check_value(p: &CompiledParam, v: &Value) -> Result<Value, String> {
                 return Err(format!("must be a string, got {}", type_of(v)));
             };
             check_string(s, &spec.string_rules(), p.pattern.as_ref())?;
+            check_safety(s, p)?;
             Ok(v.clone())
         }
         ParamType::Boolean => match v {
@@ -242,11 +247,36 @@ pub fn check_value(p: &CompiledParam, v: &Value) -> Result<Value, String> {
                     return Err(format!("item {i} must be a string, got {}", type_of(item)));
                 };
                 check_string(s, &rules, p.item_pattern.as_ref())
+                    .and_then(|()| check_safety(s, p))
                     .map_err(|e| format!("item {i} {e}"))?;
             }
             Ok(v.clone())
         }
     }
+}
+
+/// Unicode's bidirectional control characters: they make text display in another order
+/// than it is (the "Trojan Source" trick).
+const BIDI_CONTROLS: &[char] = &[
+    '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}',
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+];
+
+/// The rules no pattern has to spell out: no value the program could read as an option
+/// where it begins an argument without `--` before it, and no bidirectional controls.
+fn check_safety(s: &str, p: &CompiledParam) -> Result<(), String> {
+    if p.option_position && !p.spec.allow_options && s.starts_with('-') {
+        return Err("must not start with `-` (the program could read it as an option)".into());
+    }
+    if !p.spec.allow_bidi
+        && let Some(c) = s.chars().find(|c| BIDI_CONTROLS.contains(c))
+    {
+        return Err(format!(
+            "must not contain the bidirectional control character U+{:04X} (it makes text display in another order than it is)",
+            c as u32
+        ));
+    }
+    Ok(())
 }
 
 /// 2^53: below it in magnitude every whole `f64` is exactly one integer.
@@ -510,6 +540,7 @@ pub fn compile(
         spec: spec.clone(),
         pattern,
         item_pattern,
+        option_position: false,
     };
     if let Some(d) = &spec.default
         && let Err(why) = check_value(&compiled, d)

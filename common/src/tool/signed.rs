@@ -141,7 +141,7 @@ impl Definition {
         let mut problem = |path: String, message: String| {
             problems.push(format!("{}: {message}", path.trim_start_matches('.')))
         };
-        let params: Vec<CompiledParam> = self
+        let mut params: Vec<CompiledParam> = self
             .params
             .iter()
             .map(|(name, spec)| {
@@ -149,6 +149,7 @@ impl Definition {
             })
             .collect();
         let command = template::compile(&self.command, &self.params, "", &mut problem);
+        template::mark_option_positions(&command, &mut params);
         if problems.is_empty() {
             Ok(Compiled {
                 definition: self,

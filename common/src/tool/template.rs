@@ -129,6 +129,43 @@ fn scalar_text(value: &Value) -> String {
     }
 }
 
+/// The parameters whose value can begin an argv element with no `--` element before it in
+/// the command: there a value such as `--upload-pack=...` would reach the program as an
+/// option. (A `--` inside a group does not count: the group may be left out.)
+pub fn option_positions(command: &[Element]) -> HashSet<String> {
+    let mut found = HashSet::new();
+    let starts_with_param = |arg: &Arg| match arg.0.first() {
+        Some(Piece::Param(name)) => Some(name.clone()),
+        _ => None,
+    };
+    // `command[0]` is the program; the options it reads come after it.
+    for element in command.iter().skip(1) {
+        match element {
+            Element::Arg(arg) => {
+                if arg.0 == [Piece::Text("--".into())] {
+                    break;
+                }
+                found.extend(starts_with_param(arg));
+            }
+            Element::Group { args, .. } => {
+                found.extend(args.iter().filter_map(starts_with_param));
+            }
+        }
+    }
+    found
+}
+
+/// Marks each string or array parameter of `params` that [`option_positions`] finds in
+/// `command`.
+pub fn mark_option_positions(command: &[Element], params: &mut [super::params::CompiledParam]) {
+    let at = option_positions(command);
+    for p in params {
+        // Only text can spell an option; a number stays a number.
+        let text = matches!(p.spec.kind, ParamType::String | ParamType::Array);
+        p.option_position = text && at.contains(&p.name);
+    }
+}
+
 /// Builds argv from a command template and validated values (defaults already applied).
 pub fn render(command: &[Element], values: &BTreeMap<String, Value>) -> Vec<String> {
     let mut argv = Vec::with_capacity(command.len());

@@ -786,3 +786,57 @@ fn oauth_tokens_are_verified_as_a_resource_server_must_and_every_forgery_gets_40
     assert_eq!(c.log_text().matches("JWKS read again").count(), 1);
     assert!(!c.log_text().contains(&token), "a token reached the log");
 }
+
+#[test]
+fn a_value_that_would_be_read_as_an_option_or_hides_its_order_is_refused_before_anything_runs() {
+    let scratch = Scratch::new();
+    let ledger = scratch.path().join("ledger");
+    let config = scratch.write(
+        "args.yaml",
+        &format!(
+            r#"tools:
+  - name: fetch
+    command: [/bin/sh, -c, "echo \"$1\" >> {ledger}", sh, "{{{{repo}}}}"]
+    params: {{repo: {{type: string}}}}
+  - name: fetch-safely
+    command: [/bin/sh, -c, "echo \"$2\" >> {ledger}", sh, --, "{{{{repo}}}}"]
+    params: {{repo: {{type: string}}}}
+"#,
+            ledger = ledger.display()
+        ),
+    );
+    let (code, _, err) = mcpfier_cli(&["--config", config.to_str().unwrap(), "validate"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("tools[0].command: `{{repo}}` begins an argument with no `--` before it"),
+        "{err}"
+    );
+    assert!(!err.contains("tools[1]"), "{err}");
+    let run = mcpfier_tests::drive_stdio(
+        &config,
+        &[],
+        &[],
+        json!([
+            {"op": "call", "name": "fetch", "arguments": {"repo": "--upload-pack=touch /tmp/x; echo"}},
+            {"op": "call", "name": "fetch", "arguments": {"repo": "origin\u{202E}gpj.exe"}},
+            {"op": "call", "name": "fetch", "arguments": {"repo": "origin"}},
+            {"op": "call", "name": "fetch-safely", "arguments": {"repo": "--not-an-option"}},
+        ]),
+    );
+    let text = |i: usize| result_text(&run.results[i]);
+    assert_eq!(run.results[0]["is_error"], true);
+    assert!(
+        text(0).contains("invalid arguments, nothing was run")
+            && text(0).contains("must not start with `-`"),
+        "{}",
+        text(0)
+    );
+    assert!(text(1).contains("U+202E"), "{}", text(1));
+    assert_eq!(run.results[2]["is_error"], false, "{}", run.results[2]);
+    assert_eq!(run.results[3]["is_error"], false, "{}", run.results[3]);
+    // The ledger: only the two allowed calls ran.
+    assert_eq!(
+        std::fs::read_to_string(&ledger).unwrap(),
+        "origin\n--not-an-option\n"
+    );
+}

@@ -15,7 +15,8 @@ tools:
     description: Prints each argument it gets in brackets
     command: ["/bin/sh", "-c", "for a in \"$@\"; do printf '[%s]\n' \"$a\"; done", "sh", "{{value}}"]
     params:
-      value: {type: string, description: "anything at all"}
+      # It only prints its arguments, so values that look like options are meant.
+      value: {type: string, description: "anything at all", allow_options: true}
   - name: touch
     description: Creates a marker file
     command: ["/bin/sh", "-c", "touch \"$1\"", "sh", "@DIR@/ran-{{name}}", "{{count}}"]

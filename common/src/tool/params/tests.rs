@@ -18,6 +18,7 @@ fn named(name: &str, spec: Value) -> CompiledParam {
         name: name.to_owned(),
         pattern: compile(spec.pattern.as_ref()),
         item_pattern: compile(spec.items.as_ref().and_then(|i| i.pattern.as_ref())),
+        option_position: false,
         spec,
     }
 }
@@ -590,4 +591,80 @@ fn the_input_schema_refuses_additional_properties_and_lists_what_is_required() {
         Value::Object(input_schema(&[])),
         json!({"type": "object", "properties": {}, "additionalProperties": false})
     );
+}
+
+// --- what no pattern has to say ---
+
+/// The params of `command` (JSON) with `p` declared as `spec`, marked as the catalog marks
+/// them.
+fn in_command(command: &str, spec: Value) -> CompiledParam {
+    let command: Vec<crate::tool::CommandElement> =
+        serde_json::from_str(command).expect("a command");
+    let mut declared = indexmap::IndexMap::new();
+    declared.insert(
+        "p".to_owned(),
+        serde_json::from_value(spec.clone()).unwrap(),
+    );
+    let compiled = crate::tool::template::compile(&command, &declared, "t", &mut |path, e| {
+        panic!("{path}: {e}")
+    });
+    let mut params = vec![named("p", spec)];
+    crate::tool::template::mark_option_positions(&compiled, &mut params);
+    params.pop().unwrap()
+}
+
+#[test]
+fn a_value_starting_with_a_dash_is_refused_where_it_begins_an_argument_before_any_double_dash() {
+    let string = json!({"type": "string"});
+    let injected = json!("--upload-pack=touch /tmp/x; echo");
+    for command in [
+        r#"["git", "ls-remote", "{{p}}"]"#,
+        r#"["git", "{{p}}", "--", "x"]"#,
+        r#"["git", {"if": "p", "args": ["--", "{{p}}"]}]"#,
+    ] {
+        let p = in_command(command, string.clone());
+        assert!(p.option_position, "{command}");
+        assert!(
+            refusal(&p, &injected).contains("must not start with `-`"),
+            "{command}"
+        );
+        assert!(check_value(&p, &json!("origin")).is_ok());
+    }
+    for command in [
+        r#"["git", "ls-remote", "--", "{{p}}"]"#,
+        r#"["git", "--upload-pack={{p}}"]"#,
+        r#"["git", "x{{p}}"]"#,
+    ] {
+        let p = in_command(command, string.clone());
+        assert!(!p.option_position, "{command}");
+        assert!(check_value(&p, &injected).is_ok(), "{command}");
+    }
+    // Array items too; and a parameter that says options are meant takes them.
+    let p = in_command(r#"["ls", "{{p}}"]"#, json!({"type": "array"}));
+    assert!(refusal(&p, &json!(["a", "-la"])).contains("item 1 must not start with `-`"));
+    let p = in_command(
+        r#"["ls", "{{p}}"]"#,
+        json!({"type": "string", "allow_options": true}),
+    );
+    assert!(check_value(&p, &json!("-la")).is_ok());
+}
+
+#[test]
+fn bidirectional_control_characters_are_refused_unless_allowed() {
+    let p = param(json!({"type": "string"}));
+    for c in ['\u{202E}', '\u{2066}', '\u{200F}', '\u{061C}'] {
+        let v = json!(format!("file{c}txt.exe"));
+        assert!(
+            refusal(&p, &v).contains(&format!("U+{:04X}", c as u32)),
+            "{c:?}"
+        );
+    }
+    assert!(
+        check_value(&p, &json!("שלום hello")).is_ok(),
+        "right-to-left text itself is fine"
+    );
+    let allowed = param(json!({"type": "string", "allow_bidi": true}));
+    assert!(check_value(&allowed, &json!("a\u{202E}b")).is_ok());
+    let items = param(json!({"type": "array"}));
+    assert!(refusal(&items, &json!(["ok", "x\u{202E}"])).starts_with("item 1 "));
 }
