@@ -137,6 +137,9 @@ pub struct Param {
     /// it is. Refused by default.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_bidi: bool,
+    /// The value is a secret: the audit file keeps only its SHA-256.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secret: bool,
 }
 
 fn is_false(b: &bool) -> bool {

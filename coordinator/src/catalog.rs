@@ -78,6 +78,8 @@ pub struct Catalog {
     pub tls: Option<ServerTls>,
     /// `server.auth` and `roles`, checked.
     pub access: Arc<crate::access::Access>,
+    /// `server.audit.path`, resolved against the config file's directory.
+    pub audit: Option<PathBuf>,
     /// What is allowed but probably not meant (`validate` prints them; lines are filled in
     /// by [`parse`]).
     pub warnings: Vec<Problem>,
@@ -313,8 +315,10 @@ impl Catalog {
                 tools.insert(tool.name.clone(), Arc::new(tool));
             }
         }
+        let audit = config.server.audit.as_ref().map(|a| base.join(&a.path));
         match listen {
             Some(listen) if problems.is_empty() => Ok(Catalog {
+                audit,
                 global_slots: Arc::new(Semaphore::new(config.server.max_concurrency)),
                 server: config.server,
                 listen,

@@ -85,6 +85,14 @@ Exit status: the command's own; 124 on timeout; 128+N when killed by signal N;\n
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Check an audit file (server.audit).
+    #[command(
+        after_help = "Example:\n  mcpfier audit verify /var/log/mcpfier/audit.jsonl\n\nExit status: 0 when every line follows the one before it; 1 otherwise, naming the first\nline that was changed, removed or reordered."
+    )]
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Make API keys for server.auth.
     #[command(
         after_help = "Example:\n  mcpfier keys new --id ci-bot --roles ops\n\nThe key is printed once: give it to the caller, who sends it as `Authorization: Bearer <key>`.\nThe config keeps only its hash."
@@ -147,6 +155,15 @@ pub enum Client {
     ClaudeCode,
     Cursor,
     Vscode,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of an audit file.
+    Verify {
+        /// The audit file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -52,6 +52,10 @@ pub struct ServerSection {
     /// Who may call. Without it every caller is trusted, so `listen` must be loopback.
     #[serde(default)]
     pub auth: Option<AuthSection>,
+    /// An audit file: one JSON line per call and per refused authentication or
+    /// authorization, hash-chained (`mcpfier audit verify FILE` checks it).
+    #[serde(default)]
+    pub audit: Option<AuditSection>,
     /// Calls running at once across all tools.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
@@ -77,6 +81,7 @@ impl Default for ServerSection {
             tls: None,
             behind_tls_proxy: false,
             auth: None,
+            audit: None,
         }
     }
 }
@@ -90,6 +95,15 @@ pub struct ServerTlsSection {
     pub cert: PathBuf,
     /// The private key of the leaf certificate.
     pub key: PathBuf,
+}
+
+/// `server.audit`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// The file (JSON lines; relative to the config file's directory), created mode 0600.
+    /// Each line is on disk (fdatasync) before the call's answer is sent.
+    pub path: PathBuf,
 }
 
 /// `server.auth`: how callers prove who they are. Every request to the HTTP server, `/mcp`

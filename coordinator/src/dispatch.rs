@@ -80,6 +80,8 @@ pub struct Dispatcher {
     executor: Executor,
     /// The supervisor of in-process calls' cgroups, while this dispatcher lives.
     _lifeline: Option<Arc<Lifeline>>,
+    /// `server.audit`, open.
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// The owner label of containers an embedded coordinator starts.
@@ -96,6 +98,7 @@ impl Dispatcher {
             fleet: None,
             executor: Executor::new(embedded_owner()),
             _lifeline: None,
+            audit: None,
         }
     }
 
@@ -108,6 +111,10 @@ impl Dispatcher {
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let audit = match &catalog.audit {
+            Some(path) => Some(Arc::new(crate::audit::Audit::open(path)?)),
+            None => None,
+        };
         let mut executor = Executor::new(embedded_owner());
         let mut lifeline = None;
         let fleet = match &catalog.fleet {
@@ -141,7 +148,13 @@ impl Dispatcher {
             fleet,
             executor,
             _lifeline: lifeline,
+            audit,
         })
+    }
+
+    /// The audit file, when `server.audit` is set.
+    pub fn audit(&self) -> Option<&Arc<crate::audit::Audit>> {
+        self.audit.as_ref()
     }
 
     /// The tools this dispatcher runs, and the server's limits.

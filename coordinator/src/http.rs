@@ -101,6 +101,7 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         .enforce_origin_validation()
         .with_cancellation_token(shutdown.child_token());
     let fleet = dispatcher.fleet().cloned();
+    let audit = dispatcher.audit().cloned();
     let server = Server::new(dispatcher, tasks, shutdown.clone());
     let sessions = Arc::new(LocalSessionManager::default());
     let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config);
@@ -110,7 +111,7 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         .filter(|t| !t.scopes.is_empty())
         .map(|t| (t.name.clone(), t.scopes.clone()))
         .collect();
-    let front = Arc::new(Front::new(catalog.access.clone(), tool_scopes));
+    let front = Arc::new(Front::new(catalog.access.clone(), tool_scopes, audit));
     if catalog.access.enabled() {
         tasks.spawn(forget_closed_sessions(front.clone(), sessions, shutdown));
     }

@@ -21,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod cli;
-use cli::{CallArgs, CatalogCommand, CertRole, CertsCommand, Cli, Client, Command, KeysCommand};
+use cli::{
+    AuditCommand, CallArgs, CatalogCommand, CertRole, CertsCommand, Cli, Client, Command,
+    KeysCommand,
+};
 
 fn main() -> ExitCode {
     // The cgroup supervisor of in-process calls (see `mcpfier_exec::lifeline`) runs this
@@ -169,6 +172,15 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                     cert.display(),
                     key.display()
                 );
+            }
+        },
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => match mcpfier_coordinator::audit::verify(file) {
+            Ok(lines) => println!("{}: intact, {lines} lines", file.display()),
+            Err(e) => {
+                eprintln!("{}: {e:#}", file.display());
+                return Ok(ExitCode::FAILURE);
             }
         },
         Command::Keys {

@@ -342,6 +342,61 @@ impl ServerHandler for Server {
 }
 
 impl Server {
+    /// Appends a `call` line to the audit file (when there is one): who, which session and
+    /// request, the tool, its arguments (secret parameters' values as their SHA-256; every
+    /// value of a tool the caller can't see), and `fields` (outcome, exit code, ...).
+    fn record(
+        &self,
+        context: &RequestContext<RoleServer>,
+        request: &CallToolRequestParams,
+        tool: Option<&Tool>,
+        fields: Value,
+    ) {
+        let Some(audit) = self.dispatcher.audit() else {
+            return;
+        };
+        let parts = context.extensions.get::<axum::http::request::Parts>();
+        let principal = parts.and_then(|p| crate::http::auth::principal_of(&p.extensions));
+        let session = parts
+            .and_then(|p| p.headers.get("mcp-session-id"))
+            .and_then(|v| v.to_str().ok());
+        let arguments: Map<String, Value> = request
+            .arguments
+            .iter()
+            .flatten()
+            .map(|(name, value)| {
+                let secret =
+                    tool.is_none_or(|t| t.params.iter().any(|p| p.name == *name && p.spec.secret));
+                let shown = if secret {
+                    json!(crate::audit::digest_of(value))
+                } else {
+                    value.clone()
+                };
+                (name.clone(), shown)
+            })
+            .collect();
+        let mut event = Map::new();
+        event.insert("event".into(), json!("call"));
+        event.insert(
+            "principal".into(),
+            json!(
+                principal
+                    .map(|p| p.id.as_str())
+                    .unwrap_or(if parts.is_some() { "-" } else { "local" })
+            ),
+        );
+        event.insert("session".into(), json!(session));
+        event.insert("request_id".into(), json!(context.id.to_string()));
+        event.insert("tool".into(), json!(request.name));
+        event.insert("arguments".into(), Value::Object(arguments));
+        if let Value::Object(extra) = fields {
+            event.extend(extra);
+        }
+        if let Err(e) = audit.record(event) {
+            tracing::error!(error = %e, "the audit file can't be written: no more calls run");
+        }
+    }
+
     /// Whether the caller of `context` may list and call `tool`. Over stdio (no HTTP request)
     /// the caller is whoever started mcpfier, and may; over HTTP the front door put the
     /// authenticated principal in the request, and its roles decide.
@@ -367,10 +422,21 @@ impl Server {
         let tool = catalog
             .tool(&request.name)
             .filter(|_| self.may_call(&context, &request.name));
+        if let Some(audit) = self.dispatcher.audit()
+            && audit.broken()
+        {
+            return Ok(error_result(
+                "the audit file can't be written, so no call runs: see the server's log".into(),
+            ));
+        }
         let Some(tool) = tool else {
-            if catalog.tool(&request.name).is_some() {
+            let outcome = if catalog.tool(&request.name).is_some() {
                 warn!(tool = %request.name, "call refused: the caller's roles do not allow this tool");
-            }
+                "forbidden"
+            } else {
+                "unknown_tool"
+            };
+            self.record(&context, &request, None, json!({"outcome": outcome}));
             let known: Vec<_> = catalog
                 .tools
                 .keys()
@@ -394,6 +460,12 @@ impl Server {
             let missing = who.missing_scopes(&tool.scopes);
             if !missing.is_empty() {
                 info!(missing = %missing.join(" "), "call refused: the token lacks a scope");
+                self.record(
+                    &context,
+                    &request,
+                    Some(tool),
+                    json!({"outcome": "insufficient_scope", "reason": missing.join(" ")}),
+                );
                 return Ok(error_result(format!(
                     "`{}` needs the OAuth scope {}; ask for a token with it. Nothing was run",
                     tool.name,
@@ -406,6 +478,12 @@ impl Server {
             Err(errors) => {
                 let list: Vec<_> = errors.iter().map(ToString::to_string).collect();
                 info!(problems = list.len(), "arguments refused");
+                self.record(
+                    &context,
+                    &request,
+                    Some(tool),
+                    json!({"outcome": "invalid_arguments", "reason": list.join("; ")}),
+                );
                 return Ok(error_result(format!(
                     "invalid arguments, nothing was run: {}",
                     list.join("; ")
@@ -428,6 +506,22 @@ impl Server {
             }
             None => run(None).await,
         };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let fields = match &result {
+            Ok(Ran { outcome, agent }) => json!({
+                "outcome": if outcome.timed_out { "timed_out" } else if outcome.cancelled { "cancelled" } else { "ran" },
+                "agent": agent.as_deref().unwrap_or("local"),
+                "exit_code": outcome.exit_code,
+                "signal": outcome.signal,
+                "duration_ms": duration_ms,
+            }),
+            Err(e) => json!({
+                "outcome": e.kind().to_string(),
+                "reason": e.to_string(),
+                "duration_ms": duration_ms,
+            }),
+        };
+        self.record(&context, &request, Some(tool), fields);
         match result {
             Ok(Ran { outcome, agent }) => {
                 info!(

@@ -74,16 +74,44 @@ pub struct Front {
     pub(super) access: Arc<Access>,
     /// The tools that name OAuth scopes, with them.
     tool_scopes: HashMap<String, Vec<String>>,
+    /// `server.audit`: refusals are recorded there too.
+    audit: Option<Arc<crate::audit::Audit>>,
     /// Session id -> the principal that opened it (`method:id`).
     sessions: Mutex<HashMap<String, String>>,
 }
 
 impl Front {
-    pub(super) fn new(access: Arc<Access>, tool_scopes: HashMap<String, Vec<String>>) -> Self {
+    pub(super) fn new(
+        access: Arc<Access>,
+        tool_scopes: HashMap<String, Vec<String>>,
+        audit: Option<Arc<crate::audit::Audit>>,
+    ) -> Self {
         Self {
             access,
             tool_scopes,
+            audit,
             sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a refused request in the audit file, when there is one.
+    fn record(
+        &self,
+        event: &str,
+        principal: Option<&Principal>,
+        peer: Option<SocketAddr>,
+        path: &str,
+        reason: &str,
+    ) {
+        let Some(audit) = &self.audit else { return };
+        let mut e = serde_json::Map::new();
+        e.insert("event".into(), event.into());
+        e.insert("principal".into(), principal.map(|p| p.id.clone()).into());
+        e.insert("peer".into(), peer.map(|p| p.to_string()).into());
+        e.insert("path".into(), path.into());
+        e.insert("reason".into(), reason.into());
+        if let Err(err) = audit.record(e) {
+            tracing::error!(error = %err, "the audit file can't be written: no more calls run");
         }
     }
 
@@ -140,6 +168,7 @@ pub(super) async fn check(
                 reason = %e,
                 "authentication refused"
             );
+            front.record("auth_refused", None, peer, req.uri().path(), &e.to_string());
             return refuse(&front.access, &e);
         }
     };
@@ -158,6 +187,13 @@ pub(super) async fn check(
             principal = %principal.id,
             owner = %owner,
             "refused a request on another principal's session"
+        );
+        front.record(
+            "session_refused",
+            Some(&principal),
+            peer,
+            req.uri().path(),
+            "the session belongs to another principal",
         );
         return refusal(
             StatusCode::FORBIDDEN,
@@ -229,6 +265,13 @@ async fn step_up(
         let missing = principal.missing_scopes(needed);
         if !missing.is_empty() {
             warn!(principal = %principal.id, tool = %tool, missing = %missing.join(" "), "call refused: the token lacks a scope the tool needs");
+            front.record(
+                "insufficient_scope",
+                Some(principal),
+                parts.extensions.get::<Peer>().map(|p| p.0),
+                &tool,
+                &missing.join(" "),
+            );
             let e = AuthError::Token(TokenError::Scope(
                 missing.iter().map(|s| s.to_string()).collect(),
             ));

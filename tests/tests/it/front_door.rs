@@ -840,3 +840,111 @@ fn a_value_that_would_be_read_as_an_option_or_hides_its_order_is_refused_before_
         "origin\n--not-an-option\n"
     );
 }
+
+#[test]
+fn the_audit_file_records_calls_and_refusals_as_a_chain_that_verify_checks() {
+    let scratch = Scratch::new();
+    let k = keys();
+    let audit = scratch.path().join("audit.jsonl");
+    let config = scratch.write(
+        "audit.yaml",
+        &format!(
+            "server:\n{}  audit: {{path: {}}}\n{ROLES}{TOOLS}  - name: echo-token\n    command: [/bin/sh, -c, \"echo ok\", sh, \"x{{{{token}}}}\"]\n    params: {{token: {{type: string, secret: true}}}}\n",
+            k.yaml,
+            audit.display()
+        ),
+    );
+    let c = Coordinator::start(&config, &[], &[]);
+    let results = drive_http_ok_as(
+        &c.url(),
+        Some(&k.ops),
+        None,
+        json!([
+            {"op": "call", "name": "echo-a", "arguments": {"m": "audited"}},
+            {"op": "call", "name": "echo-token", "arguments": {"token": "hunter2-secret"}},
+            {"op": "call", "name": "wipe", "arguments": {}},
+            {"op": "call", "name": "echo-a", "arguments": {"m": 7}},
+        ]),
+    );
+    assert_eq!(results[0]["structured_content"]["stdout"], "a audited\n");
+    let r = post(&c.addr, &[("Authorization", "Bearer mcpf_wrong")], INIT);
+    assert_eq!(r.status, 401);
+    let verify = |file: &Path| mcpfier_cli(&["audit", "verify", file.to_str().unwrap()], &[]);
+    let (code, out, err) = verify(&audit);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("intact, 5 lines"), "{out}");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<(String, String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["event"].as_str().unwrap().to_owned(),
+                l["tool"].as_str().unwrap_or("-").to_owned(),
+                l["outcome"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    let want = [
+        ("call", "echo-a", "ran"),
+        ("call", "echo-token", "ran"),
+        ("call", "wipe", "forbidden"),
+        ("call", "echo-a", "invalid_arguments"),
+        ("auth_refused", "-", "-"),
+    ];
+    assert_eq!(
+        summary,
+        want.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned())),
+        "{text}"
+    );
+    assert_eq!(lines[0]["principal"], "ci-bot");
+    assert_eq!(lines[0]["exit_code"], 0);
+    assert_eq!(lines[0]["agent"], "local");
+    assert_eq!(lines[0]["arguments"]["m"], "audited");
+    assert!(lines[0]["session"].is_string(), "{}", lines[0]);
+    assert!(
+        lines[1]["arguments"]["token"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(
+        !text.contains("hunter2-secret"),
+        "a secret reached the audit file"
+    );
+    assert!(!text.contains(&k.ops) && !text.contains("mcpf_wrong"));
+    // A restarted server continues the chain.
+    drop(c);
+    let c = Coordinator::start(&config, &[], &[]);
+    assert_eq!(post(&c.addr, &[], INIT).status, 401);
+    drop(c);
+    let (code, out, _) = verify(&audit);
+    assert_eq!(code, 0);
+    assert!(out.contains("intact, 6 lines"), "{out}");
+
+    // Every edit is caught, naming the line.
+    let good: Vec<String> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let edited = scratch.path().join("edited.jsonl");
+    let check = |lines: &[String], want: &str| {
+        std::fs::write(&edited, lines.join("\n") + "\n").unwrap();
+        let (code, _, err) = verify(&edited);
+        assert_eq!(code, 1, "{want}");
+        assert!(err.contains(want), "want {want:?}: {err}");
+    };
+    let mut changed = good.clone();
+    changed[2] = changed[2].replace("forbidden", "ran");
+    check(&changed, "line 3 was changed");
+    let mut removed = good.clone();
+    removed.remove(1);
+    check(&removed, "line 2 has seq 3 where 2 was next");
+    let mut swapped = good.clone();
+    swapped.swap(3, 4);
+    check(&swapped, "line 4 has seq 5 where 4 was next");
+}
