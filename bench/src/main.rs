@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod auth;
 mod containers;
 mod membership;
 mod signing;
@@ -456,6 +457,10 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    if std::env::args().any(|a| a == "--auth-only") {
+        auth::run(dir.path())?;
+        return Ok(());
+    }
     if std::env::args().any(|a| a == "--signing-only") {
         signing::run(dir.path())?;
         return Ok(());
@@ -525,6 +530,7 @@ fn main() -> anyhow::Result<()> {
     membership::run(dir.path(), &certs, duration)?;
     containers::run(dir.path())?;
     let (signing_extra, signing_first) = signing::run(dir.path())?;
+    let jwt_extra = auth::run(dir.path())?;
 
     let (python, paddr) = start_python("async")?;
     let p1 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 1, duration)?;
@@ -573,6 +579,10 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  signed tools: first call of a definition (Ed25519 verify, parse, compile) {:>6.1} us",
         signing_first.as_secs_f64() * 1e6
+    );
+    println!(
+        "  JWT validation (JWKS cached) per request, slower of EdDSA and ES256 - no auth {:>6.1} us  (<= 50 us)",
+        jwt_extra.as_secs_f64() * 1e6
     );
     for (name, seq, conc) in [("1 agent", &f1_1, &f1_8), ("2 agents", &f2_1, &f2_8)] {
         fleet_ratios(name, seq, conc, &floor1, &floor8);

@@ -11,9 +11,11 @@ use mcpfier_agent::policy::Policy;
 use mcpfier_common::tool::signed::{PublicKey, Verifier};
 use mcpfier_exec::Execution;
 
-const CALLS: u32 = 20_000;
+/// Calls per timed figure (after a tenth as many to warm up).
+pub const CALLS: u32 = 20_000;
 
-fn per_call(mut f: impl FnMut()) -> Duration {
+/// The mean time of one call of `f`.
+pub fn per_call(mut f: impl FnMut()) -> Duration {
     for _ in 0..CALLS / 10 {
         f();
     }

@@ -8,7 +8,8 @@
 //! Checked: the signature, `exp` (required), `nbf`, `iss` equal to `issuer`, `aud`
 //! containing `audience` (this server's resource, RFC 8707), a `sub`, and
 //! `required_scopes`. An unknown `kid` reads the JWKS again, at most once per
-//! [`REFRESH_FLOOR`].
+//! [`REFRESH_FLOOR`]. A token is verified once; later requests with it are checked against
+//! the clock only.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,6 +23,16 @@ use tracing::{info, warn};
 /// The least time between two reads of the JWKS for unknown key ids: a flood of tokens with
 /// made-up `kid`s must not turn into a flood of reads.
 pub const REFRESH_FLOOR: Duration = Duration::from_secs(30);
+
+/// Most tokens kept verified; past it the cache starts over.
+const VERIFIED_KEPT: usize = 10_000;
+
+/// A token verified earlier: its claims and the times it is valid between.
+struct Verified {
+    claims: Claims,
+    exp: u64,
+    nbf: u64,
+}
 
 /// A usable key of the JWKS.
 struct Key {
@@ -46,6 +57,10 @@ pub struct OAuth {
     jwks_file: PathBuf,
     keys: RwLock<Arc<Vec<Key>>>,
     last_refresh: Mutex<Option<Instant>>,
+    /// Tokens already verified, by SHA-256: a client sends the same token with every request
+    /// of a session, and its signature need not be checked again. Their time bounds are
+    /// checked at every use; a re-read JWKS empties it (a key taken out takes its tokens).
+    verified: Mutex<std::collections::HashMap<[u8; 32], Verified>>,
 }
 
 /// What a verified token says.
@@ -168,6 +183,7 @@ impl OAuth {
             jwks_file,
             keys: RwLock::new(Arc::new(keys)),
             last_refresh: Mutex::new(None),
+            verified: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -199,6 +215,10 @@ impl OAuth {
             Ok(keys) => {
                 info!(keys = keys.len(), file = %self.jwks_file.display(), "JWKS read again for an unknown key id");
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 true
             }
             Err(why) => {
@@ -208,8 +228,48 @@ impl OAuth {
         }
     }
 
-    /// Verifies `token` and returns its claims.
+    /// Verifies `token` and returns its claims; a token verified before is only checked
+    /// against the clock.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut id = [0u8; 32];
+        id.copy_from_slice(digest.as_ref());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let leeway = self.leeway.as_secs();
+        {
+            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = verified.get(&id) {
+                if now > v.exp.saturating_add(leeway) {
+                    verified.remove(&id);
+                    return Err(TokenError::Invalid("it has expired".into()));
+                }
+                if now.saturating_add(leeway) < v.nbf {
+                    return Err(TokenError::Invalid("it is not valid yet (nbf)".into()));
+                }
+                return Ok(v.claims.clone());
+            }
+        }
+        let (claims, exp, nbf) = self.verify_fully(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_KEPT {
+            verified.clear();
+        }
+        verified.insert(
+            id,
+            Verified {
+                claims: claims.clone(),
+                exp,
+                nbf,
+            },
+        );
+        Ok(claims)
+    }
+
+    /// Verifies `token` from scratch: its claims, `exp` and `nbf` (0 when absent).
+    fn verify_fully(&self, token: &str) -> Result<(Claims, u64, u64), TokenError> {
         let invalid = |s: String| TokenError::Invalid(s);
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| invalid(format!("it does not parse as a JWT ({e})")))?;
@@ -295,11 +355,23 @@ impl OAuth {
         if !missing.is_empty() {
             return Err(TokenError::Scope(missing));
         }
-        Ok(Claims {
-            subject,
-            roles,
-            scopes,
-        })
+        // NumericDate may be written with a fraction.
+        let seconds = |name: &str| {
+            claims
+                .get(name)
+                .and_then(Value::as_f64)
+                .map_or(0, |f| f as u64)
+        };
+        let (exp, nbf) = (seconds("exp"), seconds("nbf"));
+        Ok((
+            Claims {
+                subject,
+                roles,
+                scopes,
+            },
+            exp,
+            nbf,
+        ))
     }
 }
 

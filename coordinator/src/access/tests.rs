@@ -167,3 +167,72 @@ fn oauth_config_refuses_a_relative_audience_and_a_jwks_with_only_a_symmetric_key
     );
     assert!(access.oauth().is_none());
 }
+
+/// base64url without padding, for the test's JWK.
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_token_verified_once_is_still_refused_once_it_expires() {
+    use ring::signature::KeyPair;
+    let dir = tempfile::tempdir().unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(der.as_ref()).unwrap();
+    let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": b64url(pair.public_key().as_ref())}]});
+    std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).unwrap();
+    let config: Config = yaml_serde::from_str(
+        "server:\n  auth:\n    oauth: {issuer: https://a.test, audience: \"https://m.test/mcp\", jwks_file: jwks.json, leeway: 0s}\n",
+    )
+    .unwrap();
+    let mut problems = Vec::new();
+    let access = Access::build(&config, dir.path(), &mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("k".into());
+    let claims = serde_json::json!({"iss": "https://a.test", "aud": "https://m.test/mcp", "sub": "s", "exp": now + 2});
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(der.as_ref()),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {token}");
+    let who = access
+        .authenticate(Some(bearer.as_bytes()), None)
+        .unwrap()
+        .unwrap();
+    assert_eq!((who.id.as_str(), who.method), ("s", "oauth"));
+    // Verified and kept; still refused once `exp` has passed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match access.authenticate(Some(bearer.as_bytes()), None) {
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "the kept token never expired"
+            ),
+            Err(e) => {
+                assert_eq!(
+                    e.to_string(),
+                    "the access token is not valid: it has expired"
+                );
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
