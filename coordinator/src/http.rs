@@ -196,7 +196,125 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         )
         .merge(metadata_routes(&catalog))
         .layer(axum::middleware::from_fn_with_state(front, auth::check))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(Guard::new(&catalog.server)),
+            guard,
+        ))
         .layer(axum::middleware::from_fn(session_closed_is_204))
+}
+
+/// The Host and Origin checks rmcp gives `/mcp`, for every other route but `/healthz`
+/// (probes use whatever address reaches the pod): a page on another origin, or a DNS
+/// rebinding, must not read the fleet's topology either.
+struct Guard {
+    hosts: Vec<String>,
+    origins: Vec<String>,
+}
+
+impl Guard {
+    fn new(server: &crate::config::ServerSection) -> Guard {
+        Guard {
+            hosts: ["localhost", "127.0.0.1", "::1"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(server.allowed_hosts.iter().cloned())
+                .collect(),
+            origins: LOOPBACK_ORIGINS
+                .iter()
+                .map(|s| s.to_string())
+                .chain(server.allowed_origins.iter().cloned())
+                .collect(),
+        }
+    }
+
+    /// Whether `host` (a Host header: `name`, `name:port`, `[v6]:port`) is allowed: an entry
+    /// without a port allows every port.
+    fn host_allowed(&self, host: &str) -> bool {
+        let (name, _) = split_port(host);
+        self.hosts.iter().any(|h| {
+            h.eq_ignore_ascii_case(host) || h.trim_matches(['[', ']']).eq_ignore_ascii_case(name)
+        })
+    }
+
+    /// Whether `origin` (`scheme://host[:port]`) is allowed: entries end in `:*` (any port),
+    /// `:PORT`, or no port (any port).
+    fn origin_allowed(&self, origin: &str) -> bool {
+        let Some((scheme, rest)) = origin.split_once("://") else {
+            return false;
+        };
+        let (name, port) = split_port(rest);
+        self.origins.iter().any(|entry| {
+            let Some((e_scheme, e_rest)) = entry.split_once("://") else {
+                return false;
+            };
+            let (e_name, e_port) = split_port(e_rest);
+            e_scheme.eq_ignore_ascii_case(scheme)
+                && e_name.eq_ignore_ascii_case(name)
+                && match e_port {
+                    None | Some("*") => true,
+                    Some(p) => Some(p) == port,
+                }
+        })
+    }
+}
+
+impl Guard {
+    /// The 403 for a request whose Host or Origin is not allowed.
+    fn refusal(&self, headers: &axum::http::HeaderMap) -> Option<Response> {
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(host) = header(axum::http::header::HOST)
+            && !self.host_allowed(host)
+        {
+            return Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    format!("Host `{host}` is not allowed: add it to server.allowed_hosts\n"),
+                )
+                    .into_response(),
+            );
+        }
+        if let Some(origin) = header(axum::http::header::ORIGIN)
+            && !self.origin_allowed(origin)
+        {
+            return Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    format!("Origin `{origin}` is not allowed: add it to server.allowed_origins\n"),
+                )
+                    .into_response(),
+            );
+        }
+        None
+    }
+}
+
+/// `name[:port]` or `[v6][:port]`, the name without brackets.
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((name, tail)) => (name, tail.strip_prefix(':')),
+            None => (rest, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (authority, None),
+    }
+}
+
+async fn guard(
+    axum::extract::State(g): axum::extract::State<Arc<Guard>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if path == "/healthz" || path == "/mcp" || path.starts_with("/mcp/") {
+        return next.run(req).await;
+    }
+    if let Some(refused) = g.refusal(req.headers()) {
+        return refused;
+    }
+    next.run(req).await
 }
 
 /// A session's `DELETE /mcp` is answered 204 No Content: rmcp says 202 Accepted, which the

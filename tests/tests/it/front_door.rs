@@ -319,6 +319,26 @@ fn bad_credentials_get_401_with_a_challenge_and_a_session_stays_with_its_princip
     assert_eq!(get(addr, "/fleet", Some(&k.watch)).status, 200);
     assert_eq!(get(addr, "/fleet/agents/x", Some(&k.ops)).status, 403);
     assert_eq!(get(addr, "/healthz", None).status, 200);
+    // The same Host and Origin checks as /mcp: a page on another origin, or a rebound DNS
+    // name, can't read the topology even with a credential in hand.
+    let watch_bearer = format!("Bearer {}", k.watch);
+    let fleet_with = |name: &str, value: &str| {
+        http_exchange(
+            addr,
+            "GET",
+            "/fleet",
+            &[("Authorization", &watch_bearer), (name, value)],
+            "",
+        )
+        .unwrap()
+    };
+    let r = fleet_with("Origin", "https://evil.example");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("server.allowed_origins"), "{r:?}");
+    assert_eq!(fleet_with("Origin", "http://localhost:5173").status, 200);
+    let r = fleet_with("Host", "evil.example:80");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("server.allowed_hosts"), "{r:?}");
 
     // A session opened by ci-bot can't be used with viewer's key.
     let r = post(addr, &[("Authorization", &ops_auth)], INIT);
