@@ -581,7 +581,7 @@ fn main() -> anyhow::Result<()> {
         signing_first.as_secs_f64() * 1e6
     );
     println!(
-        "  JWT validation (JWKS cached) per request, slower of EdDSA and ES256 - no auth {:>6.1} us  (<= 50 us)",
+        "  JWT per request of a session (token verified on its first), slower of EdDSA and ES256 - no auth {:>6.1} us  (<= 50 us)",
         jwt_extra.as_secs_f64() * 1e6
     );
     for (name, seq, conc) in [("1 agent", &f1_1, &f1_8), ("2 agents", &f2_1, &f2_8)] {
