@@ -30,18 +30,36 @@ pub struct Principal {
     pub id: String,
     /// The roles it has.
     pub roles: Vec<String>,
-    /// How it authenticated: `api_key` or `oauth` (an API key id and a token subject that
-    /// are spelled alike are two principals).
-    pub method: &'static str,
-    /// The token's scopes (`oauth`); empty for an API key.
+    /// How it authenticated (an API key id and a token subject that are spelled alike are
+    /// two principals).
+    pub method: Method,
+    /// The token's scopes (OAuth); empty for an API key.
     pub scopes: Vec<String>,
+}
+
+/// How a principal authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// An API key of `server.auth.api_keys`.
+    ApiKey,
+    /// An OAuth access token.
+    OAuth,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::ApiKey => "api_key",
+            Method::OAuth => "oauth",
+        })
+    }
 }
 
 impl Principal {
     /// The scopes of `needed` that this principal's token lacks. An API key is authorized by
     /// its roles alone, so it lacks none.
     pub fn missing_scopes<'a>(&self, needed: &'a [String]) -> Vec<&'a str> {
-        if self.method != "oauth" {
+        if self.method != Method::OAuth {
             return Vec::new();
         }
         needed
@@ -66,6 +84,17 @@ struct ApiKey {
     id: String,
     digest: [u8; 32],
     roles: Vec<String>,
+}
+
+impl ApiKey {
+    fn principal(&self) -> Principal {
+        Principal {
+            id: self.id.clone(),
+            roles: self.roles.clone(),
+            method: Method::ApiKey,
+            scopes: Vec::new(),
+        }
+    }
 }
 
 /// A role, compiled.
@@ -279,7 +308,7 @@ impl Access {
         Ok(Some(Principal {
             id: claims.subject,
             roles: claims.roles,
-            method: "oauth",
+            method: Method::OAuth,
             scopes: claims.scopes,
         }))
     }
@@ -294,12 +323,7 @@ impl Access {
                 found = Some(k);
             }
         }
-        found.map(|k| Principal {
-            id: k.id.clone(),
-            roles: k.roles.clone(),
-            method: "api_key",
-            scopes: Vec::new(),
-        })
+        found.map(ApiKey::principal)
     }
 
     /// Whether `who` may list and call `tool` (anyone may when authentication is off).
@@ -314,12 +338,7 @@ impl Access {
 
     /// The principal of the API key with id `id`, for `dry-run --as`.
     pub fn principal(&self, id: &str) -> Option<Principal> {
-        self.keys.iter().find(|k| k.id == id).map(|k| Principal {
-            id: k.id.clone(),
-            roles: k.roles.clone(),
-            method: "api_key",
-            scopes: Vec::new(),
-        })
+        self.keys.iter().find(|k| k.id == id).map(ApiKey::principal)
     }
 
     /// The ids of the configured API keys.

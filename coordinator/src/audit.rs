@@ -59,35 +59,28 @@ impl Audit {
     /// its last line, which must be intact.
     pub fn open(path: &Path) -> anyhow::Result<Audit> {
         use std::os::unix::fs::OpenOptionsExt;
-        let (prev, seq) = match File::open(path) {
+        let last = match File::open(path) {
             Ok(f) => {
-                let mut last = None;
-                for line in BufReader::new(f).lines() {
-                    let line =
-                        line.with_context(|| format!("read the audit file {}", path.display()))?;
-                    if !line.is_empty() {
-                        last = Some(line);
-                    }
-                }
-                match last {
-                    None => (GENESIS.to_owned(), 0),
-                    Some(line) => {
-                        let v: Value = serde_json::from_str(&line).with_context(|| {
-                            format!(
-                                "the last line of the audit file {} is not JSON: check it with `mcpfier audit verify`",
-                                path.display()
-                            )
-                        })?;
-                        let seq = v["seq"].as_u64().with_context(|| {
-                            format!("the last line of {} has no `seq`", path.display())
-                        })?;
-                        (sha256_hex(line.as_bytes()), seq)
-                    }
-                }
+                last_line(f).with_context(|| format!("read the audit file {}", path.display()))?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (GENESIS.to_owned(), 0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
                 return Err(e).with_context(|| format!("open the audit file {}", path.display()));
+            }
+        };
+        let (prev, seq) = match last {
+            None => (GENESIS.to_owned(), 0),
+            Some(line) => {
+                let v: Value = serde_json::from_slice(&line).with_context(|| {
+                    format!(
+                        "the last line of the audit file {} is not JSON: check it with `mcpfier audit verify`",
+                        path.display()
+                    )
+                })?;
+                let seq = v["seq"]
+                    .as_u64()
+                    .with_context(|| format!("the last line of {} has no `seq`", path.display()))?;
+                (sha256_hex(&line), seq)
             }
         };
         let file = OpenOptions::new()
@@ -137,6 +130,33 @@ impl Audit {
         chain.prev = hash;
         chain.seq = seq;
         Ok(())
+    }
+}
+
+/// The last non-empty line of `file`, read from its end (an audit file only grows, and
+/// continuing its chain must not read all of it).
+fn last_line(mut file: File) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    let mut tail: Vec<u8> = Vec::new();
+    let mut start = len;
+    loop {
+        let line_end = tail.iter().rposition(|b| *b != b'\n').map(|i| i + 1);
+        if let Some(end) = line_end
+            && let Some(newline) = tail[..end].iter().rposition(|b| *b == b'\n')
+        {
+            return Ok(Some(tail[newline + 1..end].to_vec()));
+        }
+        if start == 0 {
+            return Ok(line_end.map(|end| tail[..end].to_vec()));
+        }
+        let step = start.min(64 * 1024);
+        start -= step;
+        let mut chunk = vec![0; step as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
     }
 }
 

@@ -91,13 +91,15 @@ pub struct Catalog {
     pub global_slots: Arc<Semaphore>,
 }
 
-/// The HTTPS certificate and key files.
+/// The HTTPS certificate and key files, and the pair as loaded when the config was checked.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     /// The certificate chain (PEM), leaf first.
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
+    /// The pair read from them.
+    pub loaded: Arc<rustls::sign::CertifiedKey>,
 }
 
 /// A checked `fleet` section.
@@ -260,18 +262,23 @@ impl Catalog {
             problems.push(Problem::new("server.max_concurrency", "must be at least 1"));
         }
         let access = crate::access::Access::build(&config, base, &mut problems);
-        let tls = config.server.tls.as_ref().map(|t| ServerTls {
-            cert: base.join(&t.cert),
-            key: base.join(&t.key),
+        let tls = config.server.tls.as_ref().and_then(|t| {
+            let (cert, key) = (base.join(&t.cert), base.join(&t.key));
+            match mcpfier_common::tls::load_server_key(&cert, &key) {
+                Ok(loaded) => Some(ServerTls { cert, key, loaded }),
+                Err(e) => {
+                    problems.push(Problem::new("server.tls", e.to_string()));
+                    None
+                }
+            }
         });
-        if let Some(tls) = &tls
-            && let Err(e) = mcpfier_common::tls::load_server_key(&tls.cert, &tls.key)
-        {
-            problems.push(Problem::new("server.tls", e.to_string()));
-        }
         if let Some(listen) = listen
-            && let Err(why) =
-                crate::http::listen_rule(listen, access.enabled(), tls.is_some(), &config.server)
+            && let Err(why) = crate::http::listen_rule(
+                listen,
+                access.enabled(),
+                config.server.tls.is_some(),
+                &config.server,
+            )
         {
             problems.push(Problem::new("server.listen", why));
         }

@@ -30,6 +30,9 @@ use crate::dispatch::Dispatcher;
 use crate::mcp::Server;
 use auth::Front;
 
+/// Host names always allowed: this machine's.
+const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
 /// Origins always allowed: pages served from this machine.
 const LOOPBACK_ORIGINS: [&str; 6] = [
     "http://localhost:*",
@@ -87,17 +90,11 @@ pub fn check_listen(addr: SocketAddr, catalog: &Catalog) -> anyhow::Result<()> {
 /// `/healthz` passes the front door's checks first ([`auth::check`]).
 pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: CancellationToken) -> Router {
     let catalog = dispatcher.catalog().clone();
-    let origins = LOOPBACK_ORIGINS
-        .iter()
-        .map(|s| s.to_string())
-        .chain(catalog.server.allowed_origins.iter().cloned());
-    let hosts = ["localhost", "127.0.0.1", "::1"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(catalog.server.allowed_hosts.iter().cloned());
+    // rmcp checks `/mcp`, the guard every other route, against the same lists.
+    let guard = Arc::new(Guard::new(&catalog.server));
     let config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(hosts)
-        .with_allowed_origins(origins)
+        .with_allowed_hosts(guard.hosts.clone())
+        .with_allowed_origins(guard.origins.clone())
         .enforce_origin_validation()
         .with_cancellation_token(shutdown.child_token());
     let fleet = dispatcher.fleet().cloned();
@@ -197,8 +194,8 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         .merge(metadata_routes(&catalog))
         .layer(axum::middleware::from_fn_with_state(front, auth::check))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(Guard::new(&catalog.server)),
             guard,
+            check_host_and_origin,
         ))
         .layer(axum::middleware::from_fn(session_closed_is_204))
 }
@@ -214,7 +211,7 @@ struct Guard {
 impl Guard {
     fn new(server: &crate::config::ServerSection) -> Guard {
         Guard {
-            hosts: ["localhost", "127.0.0.1", "::1"]
+            hosts: LOOPBACK_HOSTS
                 .into_iter()
                 .map(str::to_owned)
                 .chain(server.allowed_hosts.iter().cloned())
@@ -302,7 +299,7 @@ fn split_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
-async fn guard(
+async fn check_host_and_origin(
     axum::extract::State(g): axum::extract::State<Arc<Guard>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -390,7 +387,7 @@ pub async fn serve(
     check_listen(listen, &catalog)?;
     let acceptor = match &catalog.tls {
         Some(files) => {
-            let store = Arc::new(tls::CertStore::load(files)?);
+            let store = Arc::new(tls::CertStore::new(files));
             tasks.spawn(store.clone().watch(shutdown.clone()));
             let config = mcpfier_common::tls::https_config(store)?;
             Some(tokio_rustls::TlsAcceptor::from(config))

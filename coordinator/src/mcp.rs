@@ -322,11 +322,7 @@ impl ServerHandler for Server {
             .peer_info()
             .map(|info| info.client_info.name.clone())
             .unwrap_or_default();
-        let principal = context
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|p| crate::http::auth::principal_of(&p.extensions))
-            .map(|p| p.id.clone());
+        let principal = principal(&context).map(|p| p.id.clone());
         let span = tracing::info_span!(
             "call",
             request_id = %context.id,
@@ -355,8 +351,8 @@ impl Server {
         let Some(audit) = self.dispatcher.audit() else {
             return;
         };
-        let parts = context.extensions.get::<axum::http::request::Parts>();
-        let principal = parts.and_then(|p| crate::http::auth::principal_of(&p.extensions));
+        let parts = http_request(context);
+        let principal = principal(context);
         let session = parts
             .and_then(|p| p.headers.get("mcp-session-id"))
             .and_then(|v| v.to_str().ok());
@@ -401,14 +397,12 @@ impl Server {
     /// the caller is whoever started mcpfier, and may; over HTTP the front door put the
     /// authenticated principal in the request, and its roles decide.
     fn may_call(&self, context: &RequestContext<RoleServer>, tool: &str) -> bool {
-        match context.extensions.get::<axum::http::request::Parts>() {
-            None => true,
-            Some(parts) => self
+        http_request(context).is_none()
+            || self
                 .dispatcher
                 .catalog()
                 .access
-                .may_call(crate::http::auth::principal_of(&parts.extensions), tool),
-        }
+                .may_call(principal(context), tool)
     }
 
     async fn call(
@@ -452,11 +446,7 @@ impl Server {
                 None,
             ));
         };
-        let principal = context
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|p| crate::http::auth::principal_of(&p.extensions));
-        if let Some(who) = principal {
+        if let Some(who) = principal(&context) {
             let missing = who.missing_scopes(&tool.scopes);
             if !missing.is_empty() {
                 info!(missing = %missing.join(" "), "call refused: the token lacks a scope");
@@ -565,6 +555,17 @@ impl Server {
             }
         }
     }
+}
+
+/// The HTTP request a message came in (rmcp puts its parts in the context); `None` over
+/// stdio.
+fn http_request(context: &RequestContext<RoleServer>) -> Option<&axum::http::request::Parts> {
+    context.extensions.get::<axum::http::request::Parts>()
+}
+
+/// The principal the front door authenticated for this message's HTTP request.
+fn principal(context: &RequestContext<RoleServer>) -> Option<&crate::access::Principal> {
+    http_request(context).and_then(|p| crate::http::auth::principal_of(&p.extensions))
 }
 
 /// Sends output as progress notifications, at most one per [`PROGRESS_INTERVAL`].

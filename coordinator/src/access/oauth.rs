@@ -231,13 +231,19 @@ impl OAuth {
     /// Verifies `token` and returns its claims; a token verified before is only checked
     /// against the clock.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-        let mut id = [0u8; 32];
-        id.copy_from_slice(digest.as_ref());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        self.verify_at(token, now)
+    }
+
+    /// [`OAuth::verify`] at `now` (Unix seconds) for a token verified before; a new token is
+    /// verified against the system clock.
+    pub(crate) fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut id = [0u8; 32];
+        id.copy_from_slice(digest.as_ref());
         let leeway = self.leeway.as_secs();
         {
             let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());

@@ -85,3 +85,24 @@ fn a_changed_removed_or_swapped_line_is_named() {
     save(&path, &good);
     assert_eq!(verify(&path).unwrap(), 5);
 }
+
+#[test]
+fn the_last_line_is_read_from_the_end_whatever_its_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let last = |text: &[u8]| {
+        std::fs::write(&path, text).unwrap();
+        last_line(File::open(&path).unwrap()).unwrap()
+    };
+    assert_eq!(last(b""), None);
+    assert_eq!(last(b"\n\n"), None);
+    assert_eq!(last(b"one"), Some(b"one".to_vec()));
+    assert_eq!(last(b"one\ntwo\n"), Some(b"two".to_vec()));
+    assert_eq!(last(b"one\ntwo\n\n"), Some(b"two".to_vec()));
+    let long = vec![b'x'; 200_000];
+    let mut text = b"first\n".to_vec();
+    text.extend_from_slice(&long);
+    text.push(b'\n');
+    assert_eq!(last(&text), Some(long.clone()));
+    assert_eq!(last(&long), Some(long));
+}

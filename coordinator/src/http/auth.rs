@@ -154,11 +154,8 @@ pub(super) async fn check(
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes().to_vec());
-    let principal = match front
-        .access
-        .authenticate(authorization.as_deref(), req.uri().query())
-    {
+        .map(|v| v.as_bytes());
+    let principal = match front.access.authenticate(authorization, req.uri().query()) {
         Ok(Some(p)) => p,
         Ok(None) => return next.run(req).await,
         Err(e) => {
@@ -206,7 +203,9 @@ pub(super) async fn check(
     }
     let deleting = req.method() == Method::DELETE;
     let id = owner_key;
-    if principal.method == "oauth" && !front.tool_scopes.is_empty() && req.method() == Method::POST
+    if principal.method == crate::access::Method::OAuth
+        && !front.tool_scopes.is_empty()
+        && req.method() == Method::POST
     {
         req = match step_up(&front, &principal, req).await {
             Ok(req) => req,

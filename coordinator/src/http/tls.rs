@@ -34,13 +34,12 @@ fn stamp(path: &Path) -> Stamp {
 }
 
 impl CertStore {
-    /// Loads the pair named by `files`.
-    pub fn load(files: &ServerTls) -> anyhow::Result<CertStore> {
-        let key = mcpfier_common::tls::load_server_key(&files.cert, &files.key)?;
-        Ok(CertStore {
+    /// Serves the pair loaded with the config, until [`CertStore::watch`] replaces it.
+    pub fn new(files: &ServerTls) -> CertStore {
+        CertStore {
             files: files.clone(),
-            current: RwLock::new(key),
-        })
+            current: RwLock::new(files.loaded.clone()),
+        }
     }
 
     fn stamps(&self) -> (Stamp, Stamp) {

@@ -800,9 +800,10 @@ fn a_record_nobody_answers_at_is_dialled_less_and_less_and_again_at_once_when_it
     // Measure over a window: checking every 100 ms would dial about 50 times in 5 s; backing
     // off (100 ms doubling) dials about 7 times.
     let window = Duration::from_secs(5);
-    while first.elapsed() < window {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(window + Duration::from_secs(5), || {
+        (first.elapsed() >= window).then_some(())
+    })
+    .expect("the window ends");
     let in_window = dials
         .lock()
         .unwrap()
