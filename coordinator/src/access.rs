@@ -15,9 +15,13 @@ use indexmap::IndexMap;
 use mcpfier_common::glob::Globs;
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, FleetAccess, Problem};
+use crate::catalog::Tool;
+use crate::config::{Config, FleetAccess, Problem, RoleSection};
+use mcpfier_common::tool::params::{self, CompiledParam};
 
+pub mod limits;
 pub mod oauth;
+pub use limits::{Permit, Quota, Refusal};
 pub use oauth::{OAuth, TokenError};
 
 /// What API keys start with, so a leaked one is recognisable (and secret scanners can match).
@@ -102,6 +106,9 @@ struct Role {
     tools: Globs,
     deny: Globs,
     fleet: FleetAccess,
+    limits: crate::config::RoleLimits,
+    /// Narrower parameter rules: tool -> the rules (as parameters holding only them).
+    args: std::collections::HashMap<String, Vec<CompiledParam>>,
 }
 
 /// The checked `server.auth` and `roles`.
@@ -111,6 +118,7 @@ pub struct Access {
     keys: Vec<ApiKey>,
     roles: IndexMap<String, Role>,
     oauth: Option<OAuth>,
+    limiter: std::sync::Arc<limits::Limiter>,
 }
 
 impl fmt::Debug for Access {
@@ -159,6 +167,7 @@ impl Access {
             keys: Vec::new(),
             roles: IndexMap::new(),
             oauth: None,
+            limiter: Default::default(),
         }
     }
 
@@ -182,6 +191,8 @@ impl Access {
                     tools,
                     deny,
                     fleet: role.fleet,
+                    limits: role.limits,
+                    args: Default::default(),
                 },
             );
         }
@@ -191,6 +202,7 @@ impl Access {
                 keys: Vec::new(),
                 roles,
                 oauth: None,
+                limiter: Default::default(),
             };
         };
         if auth.api_keys.is_empty() && auth.oauth.is_none() {
@@ -264,7 +276,171 @@ impl Access {
             keys,
             roles,
             oauth,
+            limiter: Default::default(),
         }
+    }
+
+    /// Checks and compiles each role's `args` against the tools they narrow (which must
+    /// exist, with those parameters, and rules of the parameter's type: an `enum` a subset of
+    /// the tool's own).
+    pub fn compile_args(
+        &mut self,
+        sections: &IndexMap<String, RoleSection>,
+        tools: &IndexMap<String, std::sync::Arc<Tool>>,
+        problems: &mut Vec<Problem>,
+    ) {
+        for (name, section) in sections {
+            let Some(role) = self.roles.get_mut(name) else {
+                continue;
+            };
+            for (field, limit) in [
+                ("calls_per_minute", section.limits.calls_per_minute),
+                ("concurrent", section.limits.concurrent),
+            ] {
+                if limit == Some(0) {
+                    problems.push(Problem::new(
+                        format!("roles.{name}.limits.{field}"),
+                        "must be at least 1 (to forbid calls, leave the tools out of the role)",
+                    ));
+                }
+            }
+            for (tool_name, rules) in &section.args {
+                let at = format!("roles.{name}.args.{tool_name}");
+                let Some(tool) = tools.get(tool_name) else {
+                    problems.push(Problem::new(at, format!("no tool named `{tool_name}`")));
+                    continue;
+                };
+                if !role.tools.is_match(tool_name) {
+                    problems.push(Problem::new(
+                        at.clone(),
+                        format!("the role's tools don't include `{tool_name}`, so narrowing its arguments does nothing"),
+                    ));
+                }
+                let mut compiled = Vec::new();
+                for (param, rule) in rules {
+                    let p = format!("{at}.{param}");
+                    let Some(base) = tool.params.iter().find(|c| &c.name == param) else {
+                        let known: Vec<_> = tool.params.iter().map(|c| c.name.as_str()).collect();
+                        problems.push(Problem::new(
+                            p,
+                            format!(
+                                "`{tool_name}` has no parameter `{param}` (it has: {})",
+                                if known.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        ));
+                        continue;
+                    };
+                    if let (Some(narrow), Some(own)) = (&rule.choices, &base.spec.choices) {
+                        for (j, v) in narrow.iter().enumerate() {
+                            if !own.contains(v) {
+                                problems.push(Problem::new(
+                                    format!("{p}.enum[{j}]"),
+                                    format!("{v} is not one of the tool's own values, so it could never be given"),
+                                ));
+                            }
+                        }
+                    }
+                    let spec = crate::config::Param {
+                        kind: base.spec.kind,
+                        description: None,
+                        default: None,
+                        required: Some(false),
+                        pattern: rule.pattern.clone(),
+                        min_length: None,
+                        max_length: rule.max_length,
+                        choices: rule.choices.clone(),
+                        minimum: rule.minimum,
+                        maximum: rule.maximum,
+                        items: None,
+                        min_items: None,
+                        max_items: rule.max_items,
+                        // The tool's own rules check these; the narrowing adds to them.
+                        allow_options: true,
+                        allow_bidi: true,
+                        secret: false,
+                    };
+                    let mut push =
+                        |path: String, why: String| problems.push(Problem::new(path, why));
+                    compiled.push(params::compile(param, &spec, &p, &mut push));
+                }
+                role.args.insert(tool_name.clone(), compiled);
+            }
+        }
+    }
+
+    /// The limits that apply to `who`: for each figure, the most generous any of its roles
+    /// sets (unlimited when none sets it).
+    pub fn quota(&self, who: &Principal) -> Quota {
+        let mut q = Quota::default();
+        for role in who.roles.iter().filter_map(|r| self.roles.get(r)) {
+            q.calls_per_minute = q.calls_per_minute.max(role.limits.calls_per_minute);
+            q.concurrent = q.concurrent.max(role.limits.concurrent);
+        }
+        q
+    }
+
+    /// Lets a call of `who` start under its roles' limits, or says why it may not.
+    pub fn admit(&self, who: &Principal) -> Result<Permit, Refusal> {
+        let quota = self.quota(who);
+        if quota.unlimited() {
+            return Ok(Permit::free());
+        }
+        let key = format!("{}:{}", who.method, who.id);
+        self.limiter
+            .admit(&key, &who.id, quota, std::time::Instant::now())
+    }
+
+    /// Checks a call's arguments against the narrower rules of `who`'s roles for `tool`: the
+    /// call may go ahead when a role that allows the tool narrows nothing for it, or when
+    /// the arguments meet every rule of one such role. Otherwise, what is wrong.
+    pub fn check_narrowed(
+        &self,
+        who: Option<&Principal>,
+        tool: &Tool,
+        args: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<(), String> {
+        let Some(who) = who else { return Ok(()) };
+        let allowing: Vec<(&String, &Role)> = who
+            .roles
+            .iter()
+            .filter_map(|r| self.roles.get_key_value(r))
+            .filter(|(_, r)| r.tools.is_match(&tool.name))
+            .collect();
+        let narrowing: Vec<(&String, &Vec<CompiledParam>)> = allowing
+            .iter()
+            .filter_map(|(name, r)| r.args.get(&tool.name).map(|a| (*name, a)))
+            .collect();
+        if narrowing.len() < allowing.len() || narrowing.is_empty() {
+            return Ok(());
+        }
+        let values = params::check_args(&tool.params, args).map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let mut why = Vec::new();
+        for (role, rules) in narrowing {
+            let broken: Vec<String> = rules
+                .iter()
+                .filter_map(|rule| {
+                    let value = values.get(&rule.name)?;
+                    params::check_value(rule, value)
+                        .err()
+                        .map(|e| format!("parameter `{}` {e}", rule.name))
+                })
+                .collect();
+            if broken.is_empty() {
+                return Ok(());
+            }
+            why.push(format!("for role `{role}`, {}", broken.join(", ")));
+        }
+        Err(why.join("; "))
     }
 
     /// The OAuth settings, when tokens are accepted.

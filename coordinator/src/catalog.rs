@@ -261,7 +261,7 @@ impl Catalog {
         if config.server.max_concurrency == 0 {
             problems.push(Problem::new("server.max_concurrency", "must be at least 1"));
         }
-        let access = crate::access::Access::build(&config, base, &mut problems);
+        let mut access = crate::access::Access::build(&config, base, &mut problems);
         let tls = config.server.tls.as_ref().and_then(|t| {
             let (cert, key) = (base.join(&t.cert), base.join(&t.key));
             match mcpfier_common::tls::load_server_key(&cert, &key) {
@@ -322,6 +322,7 @@ impl Catalog {
                 tools.insert(tool.name.clone(), Arc::new(tool));
             }
         }
+        access.compile_args(&config.roles, &tools, &mut problems);
         let audit = config.server.audit.as_ref().map(|a| base.join(&a.path));
         match listen {
             Some(listen) if problems.is_empty() => Ok(Catalog {

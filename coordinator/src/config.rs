@@ -176,6 +176,44 @@ pub struct RoleSection {
     /// Whether it may read `/fleet` (agents, their health and labels).
     #[serde(default)]
     pub fleet: FleetAccess,
+    /// How much its principals may call. A principal with several roles gets the most
+    /// generous figure any of them sets; a figure no role sets is not limited.
+    #[serde(default)]
+    pub limits: RoleLimits,
+    /// Narrower parameter rules for this role, by tool and parameter:
+    /// `deploy-app: {env: {enum: [staging]}}`. A value must meet the tool's rules and these.
+    #[serde(default)]
+    pub args: IndexMap<String, IndexMap<String, ArgRule>>,
+}
+
+/// A role's `limits`, per principal.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleLimits {
+    /// Tool calls a principal may start per minute (bursts up to this many, then one every
+    /// 60/N seconds).
+    pub calls_per_minute: Option<u32>,
+    /// Tool calls of a principal running at once.
+    pub concurrent: Option<u32>,
+}
+
+/// A narrower rule for one parameter of one tool, for one role.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArgRule {
+    /// string or integer: the values this role may give (a subset of the tool's own enum).
+    #[serde(rename = "enum")]
+    pub choices: Option<Vec<Value>>,
+    /// string: a regular expression the value must also match.
+    pub pattern: Option<String>,
+    /// string: most characters.
+    pub max_length: Option<u64>,
+    /// integer or number: smallest value.
+    pub minimum: Option<f64>,
+    /// integer or number: largest value.
+    pub maximum: Option<f64>,
+    /// array: most items.
+    pub max_items: Option<u64>,
 }
 
 /// A role's access to the fleet's views.

@@ -312,6 +312,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         }) => {
             let (_, catalog) = load(&cli, &env)?;
             let mut authorization = None;
+            let mut acting = None;
             if let Some(id) = principal {
                 let access = &catalog.access;
                 if !access.enabled() {
@@ -334,16 +335,34 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                         );
                         return Ok(ExitCode::FAILURE);
                     }
-                    authorization = Some(
-                        json!({"principal": id, "roles": who.roles, "allowed": true, "why": why}),
-                    );
+                    let quota = access.quota(&who);
+                    authorization = Some(json!({
+                        "principal": id,
+                        "roles": who.roles,
+                        "allowed": true,
+                        "why": why,
+                        "limits": {
+                            "calls_per_minute": quota.calls_per_minute,
+                            "concurrent": quota.concurrent,
+                        },
+                    }));
                 }
+                acting = Some(who);
             }
             let (tool, arguments) = tool_and_args(&catalog, args)?;
             let exec = match tool.prepare(Some(&arguments)) {
                 Ok(e) => e,
                 Err(errors) => return Ok(invalid(&errors)),
             };
+            if let Err(why) = catalog
+                .access
+                .check_narrowed(acting.as_ref(), tool, Some(&arguments))
+            {
+                eprintln!(
+                    "these arguments are not allowed for its roles: {why}; nothing would run"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             let env_shown: Map<String, Value> = exec
                 .env
                 .iter()

@@ -247,6 +247,22 @@ pub fn tool_result(tool: &Tool, outcome: &Outcome, agent: Option<&str>) -> CallT
     result
 }
 
+/// The answer to a call its principal's limits refuse: a tool error that says when to retry,
+/// with `structuredContent.error {kind: rate_limited, limit, retry_after_s}`.
+fn rate_limited(refused: &crate::access::Refusal) -> CallToolResult {
+    let mut value = structured(&Outcome::default(), None);
+    value["error"] = json!({
+        "kind": "rate_limited",
+        "limit": refused.kind(),
+        "retry_after_s": refused.retry_after(),
+        "message": refused.to_string(),
+        "outcome": "not_run",
+    });
+    let mut result = error_result(refused.to_string());
+    result.structured_content = Some(value);
+    result
+}
+
 fn error_result(message: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
@@ -478,6 +494,35 @@ impl Server {
                     "invalid arguments, nothing was run: {}",
                     list.join("; ")
                 )));
+            }
+        };
+        let access = &catalog.access;
+        if let Err(why) =
+            access.check_narrowed(principal(&context), tool, request.arguments.as_ref())
+        {
+            info!(reason = %why, "arguments refused by the caller's roles");
+            self.record(
+                &context,
+                &request,
+                Some(tool),
+                json!({"outcome": "forbidden_arguments", "reason": why}),
+            );
+            return Ok(error_result(format!(
+                "arguments not allowed for your roles, nothing was run: {why}"
+            )));
+        }
+        let _permit = match principal(&context).map(|who| access.admit(who)) {
+            None => None,
+            Some(Ok(permit)) => Some(permit),
+            Some(Err(refused)) => {
+                info!(reason = %refused, "call refused: rate limited");
+                self.record(
+                    &context,
+                    &request,
+                    Some(tool),
+                    json!({"outcome": "rate_limited", "reason": refused.kind()}),
+                );
+                return Ok(rate_limited(&refused));
             }
         };
         let started = Instant::now();

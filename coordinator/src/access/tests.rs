@@ -1,6 +1,7 @@
 //! API keys, roles and the checks of `server.auth`, without a server.
 
 use super::*;
+use serde_json::json;
 
 fn access(yaml: &str) -> (Access, Vec<Problem>) {
     let config: Config = yaml_serde::from_str(yaml).expect("the test config parses");
@@ -225,4 +226,87 @@ fn a_token_verified_once_is_still_refused_once_it_expires() {
         AuthError::Token(e).to_string(),
         "the access token is not valid: it has expired"
     );
+}
+
+fn catalog(yaml: &str) -> crate::catalog::Catalog {
+    crate::catalog::parse(
+        yaml,
+        std::path::Path::new("/tmp/mcpfier.yaml"),
+        &Default::default(),
+    )
+    .expect("the test config is valid")
+}
+
+fn as_roles(roles: &[&str]) -> Principal {
+    Principal {
+        id: "p".into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        method: Method::ApiKey,
+        scopes: Vec::new(),
+    }
+}
+
+const NARROWING: &str = r#"
+roles:
+  staging-only:
+    tools: [deploy]
+    args: {deploy: {env: {enum: [staging]}, replicas: {maximum: 2}}}
+  qa-only:
+    tools: [deploy]
+    args: {deploy: {env: {enum: [qa]}}}
+  anything:
+    tools: [deploy]
+  slow: {tools: [deploy], limits: {calls_per_minute: 10, concurrent: 1}}
+  fast: {tools: [deploy], limits: {calls_per_minute: 100}}
+tools:
+  - name: deploy
+    command: [/bin/echo, "{{env}}", "{{replicas}}"]
+    params:
+      env: {type: string, enum: [staging, qa, prod]}
+      replicas: {type: integer, default: 1}
+"#;
+
+#[test]
+fn a_principal_gets_the_union_of_its_roles_narrowings_and_the_most_generous_limits() {
+    let c = catalog(NARROWING);
+    let tool = c.tool("deploy").unwrap();
+    let args = |v: serde_json::Value| v.as_object().cloned();
+    let check = |roles: &[&str], v| {
+        c.access
+            .check_narrowed(Some(&as_roles(roles)), tool, args(v).as_ref())
+    };
+    assert!(check(&["staging-only"], json!({"env": "staging"})).is_ok());
+    let why = check(&["staging-only"], json!({"env": "prod", "replicas": 3})).unwrap_err();
+    assert!(
+        why.contains("role `staging-only`")
+            && why.contains("`env` must be one of")
+            && why.contains("`replicas` must be at most 2"),
+        "{why}"
+    );
+    // The default counts too: it is what would run.
+    assert!(check(&["staging-only"], json!({"env": "staging", "replicas": 2})).is_ok());
+    // Either role's rules will do.
+    assert!(check(&["staging-only", "qa-only"], json!({"env": "qa"})).is_ok());
+    let why = check(&["staging-only", "qa-only"], json!({"env": "prod"})).unwrap_err();
+    assert!(
+        why.contains("role `staging-only`") && why.contains("role `qa-only`"),
+        "{why}"
+    );
+    // A role that allows the tool without narrowing it allows every valid value.
+    assert!(check(&["staging-only", "anything"], json!({"env": "prod"})).is_ok());
+    // Without authentication (stdio) nothing is narrowed.
+    assert!(
+        c.access
+            .check_narrowed(None, tool, args(json!({"env": "prod"})).as_ref())
+            .is_ok()
+    );
+
+    assert_eq!(
+        c.access.quota(&as_roles(&["slow", "fast"])),
+        Quota {
+            calls_per_minute: Some(100),
+            concurrent: Some(1)
+        }
+    );
+    assert!(c.access.quota(&as_roles(&["anything"])).unlimited());
 }

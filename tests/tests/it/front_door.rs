@@ -968,3 +968,257 @@ fn the_audit_file_records_calls_and_refusals_as_a_chain_that_verify_checks() {
     swapped.swap(3, 4);
     check(&swapped, "line 4 has seq 5 where 4 was next");
 }
+
+/// A config with per-role limits and a narrowed tool, its ledger and audit file in `scratch`.
+fn limits_config(scratch: &Scratch) -> (PathBuf, Vec<String>) {
+    let dir = scratch.path().display().to_string();
+    let mut keys = Vec::new();
+    let mut lines = String::new();
+    for (id, role) in [
+        ("flooder", "flood"),
+        ("steady", "calm"),
+        ("burster", "burst"),
+        ("deployer", "deployer"),
+    ] {
+        let (key, line) = new_key(id, role);
+        keys.push(key);
+        lines.push_str(&format!("      {line}\n"));
+    }
+    let config = scratch.write(
+        "limits.yaml",
+        &format!(
+            r#"server:
+  audit: {{path: {dir}/audit.jsonl}}
+  auth:
+    api_keys:
+{lines}roles:
+  flood:
+    tools: [work]
+    limits: {{calls_per_minute: 600, concurrent: 2}}
+  calm:
+    tools: [work]
+  burst:
+    tools: [work]
+    limits: {{calls_per_minute: 3}}
+  deployer:
+    tools: [deploy]
+    args:
+      deploy: {{env: {{enum: [staging]}}}}
+tools:
+  - name: work
+    command: ["/bin/sh", "-c", "echo \"$1\" >> {dir}/ledger; sleep 0.5", "sh", "{{{{tag}}}}"]
+    params: {{tag: {{type: string}}}}
+  - name: deploy
+    command: ["/bin/sh", "-c", "echo \"deploy $1\" >> {dir}/ledger", "sh", "{{{{env}}}}"]
+    params: {{env: {{type: string, enum: [staging, prod]}}}}
+"#
+        ),
+    );
+    (config, keys)
+}
+
+fn ledger(scratch: &Scratch) -> Vec<String> {
+    std::fs::read_to_string(scratch.path().join("ledger"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_flooding_principal_is_held_to_its_limits_while_another_is_unaffected() {
+    let scratch = Scratch::new();
+    let (config, keys) = limits_config(&scratch);
+    let c = Coordinator::start(&config, &[], &[]);
+    let url = c.url();
+    // The flood: 12 calls at once from a principal that may run 2 at a time, beside a
+    // principal without limits making 4 calls at once.
+    let (flood, calm) = std::thread::scope(|s| {
+        let flood = s.spawn(|| {
+            drive_http_ok_as(
+                &url,
+                Some(&keys[0]),
+                None,
+                json!([{"op": "call_many", "name": "work", "count": 12, "arguments": {"tag": "flood"}}]),
+            )
+        });
+        let calm = s.spawn(|| {
+            drive_http_ok_as(
+                &url,
+                Some(&keys[1]),
+                None,
+                json!([{"op": "call_many", "name": "work", "count": 4, "arguments": {"tag": "calm"}}]),
+            )
+        });
+        (flood.join().unwrap(), calm.join().unwrap())
+    });
+    let flood = flood[0]["results"].as_array().unwrap();
+    let calm = calm[0]["results"].as_array().unwrap();
+    assert!(
+        calm.iter().all(|r| r["is_error"] == false),
+        "the well-behaved principal was refused: {calm:?}"
+    );
+    let ran = flood.iter().filter(|r| r["is_error"] == false).count();
+    let refused: Vec<&Value> = flood.iter().filter(|r| r["is_error"] == true).collect();
+    assert!(
+        (1..=2).contains(&ran),
+        "{ran} of the flood ran at once: {flood:?}"
+    );
+    assert_eq!(ran + refused.len(), 12);
+    for r in &refused {
+        let text = result_text(r);
+        assert!(
+            text.contains("rate limited") && text.contains("`flooder` already has 2 calls running"),
+            "{text}"
+        );
+        assert_eq!(r["structured_content"]["error"]["kind"], "rate_limited");
+        assert_eq!(r["structured_content"]["error"]["outcome"], "not_run");
+    }
+    // The ledger shows what really ran: exactly what the callers were told ran.
+    let lines = ledger(&scratch);
+    assert_eq!(
+        lines.iter().filter(|l| *l == "flood").count(),
+        ran,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| *l == "calm").count(),
+        4,
+        "{lines:?}"
+    );
+
+    // A rate: 3 calls per minute, then "retry after" the time the next one is due.
+    let results = drive_http_ok_as(
+        &url,
+        Some(&keys[2]),
+        None,
+        json!(
+            (0..5)
+                .map(|_| json!({"op": "call", "name": "work", "arguments": {"tag": "burst"}}))
+                .collect::<Vec<_>>()
+        ),
+    );
+    let outcomes: Vec<bool> = results.iter().map(|r| r["is_error"] == true).collect();
+    assert_eq!(outcomes, [false, false, false, true, true], "{results:?}");
+    let retry = results[3]["structured_content"]["error"]["retry_after_s"]
+        .as_u64()
+        .unwrap();
+    assert!((15..=20).contains(&retry), "retry after {retry} s");
+    assert!(
+        result_text(&results[3]).contains(&format!("retry after {retry} s")),
+        "{}",
+        result_text(&results[3])
+    );
+    assert_eq!(ledger(&scratch).iter().filter(|l| *l == "burst").count(), 3);
+    // Refusals are audited with their reason.
+    let audit = std::fs::read_to_string(scratch.path().join("audit.jsonl")).unwrap();
+    let limited = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["outcome"] == "rate_limited")
+        .count();
+    assert_eq!(limited, refused.len() + 2, "{audit}");
+}
+
+#[test]
+fn a_role_narrows_a_tools_arguments_and_validate_checks_the_narrowing() {
+    let scratch = Scratch::new();
+    let (config, keys) = limits_config(&scratch);
+    let c = Coordinator::start(&config, &[], &[]);
+    let results = drive_http_ok_as(
+        &c.url(),
+        Some(&keys[3]),
+        None,
+        json!([
+            {"op": "call", "name": "deploy", "arguments": {"env": "prod"}},
+            {"op": "call", "name": "deploy", "arguments": {"env": "staging"}},
+        ]),
+    );
+    assert_eq!(results[0]["is_error"], true);
+    let text = result_text(&results[0]);
+    assert!(
+        text.contains("not allowed for your roles")
+            && text.contains("role `deployer`")
+            && text.contains("`env` must be one of"),
+        "{text}"
+    );
+    assert_eq!(results[1]["is_error"], false, "{}", results[1]);
+    assert_eq!(ledger(&scratch), ["deploy staging"]);
+    let dry = |env: &str| {
+        mcpfier_cli(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "dry-run",
+                "deploy",
+                "--arg",
+                &format!("env={env}"),
+                "--as",
+                "deployer",
+            ],
+            &[],
+        )
+    };
+    let (code, _, err) = dry("prod");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not allowed for its roles") && err.contains("nothing would run"),
+        "{err}"
+    );
+    let (code, out, err) = dry("staging");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"allowed\": true"), "{out}");
+    let (_, out, _) = mcpfier_cli(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "dry-run",
+            "work",
+            "--arg",
+            "tag=x",
+            "--as",
+            "burster",
+        ],
+        &[],
+    );
+    assert!(out.contains("\"calls_per_minute\": 3"), "{out}");
+    assert_eq!(
+        ledger(&scratch),
+        ["deploy staging"],
+        "dry-run ran something"
+    );
+    // validate checks the narrowing against the tools.
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    for (from, to, want) in [
+        (
+            "deploy: {env: {enum: [staging]}}",
+            "deploy: {env: {enum: [qa]}}",
+            "roles.deployer.args.deploy.env.enum[0]: \"qa\" is not one of the tool's own values",
+        ),
+        (
+            "deploy: {env: {enum: [staging]}}",
+            "deploy: {region: {enum: [eu]}}",
+            "roles.deployer.args.deploy.region: `deploy` has no parameter `region` (it has: env)",
+        ),
+        (
+            "deploy: {env: {enum: [staging]}}",
+            "deploy: {env: {minimum: 1}}",
+            "roles.deployer.args.deploy.env.minimum: only integer and number parameters take `minimum`",
+        ),
+        (
+            "deploy: {env: {enum: [staging]}}",
+            "nothing: {env: {enum: [staging]}}",
+            "roles.deployer.args.nothing: no tool named `nothing`",
+        ),
+        (
+            "calls_per_minute: 3}",
+            "calls_per_minute: 0}",
+            "roles.burst.limits.calls_per_minute: must be at least 1",
+        ),
+    ] {
+        let bad = scratch.write("bad.yaml", &yaml.replace(from, to));
+        let (code, out, err) = mcpfier_cli(&["--config", bad.to_str().unwrap(), "validate"], &[]);
+        assert_ne!(code, 0, "{out}");
+        assert!(err.contains(want), "want {want:?}: {err}");
+    }
+}
