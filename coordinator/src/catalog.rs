@@ -261,6 +261,31 @@ impl Catalog {
         if config.server.max_concurrency == 0 {
             problems.push(Problem::new("server.max_concurrency", "must be at least 1"));
         }
+        let limits = &config.server.limits;
+        for (field, value) in [
+            ("connections", limits.connections),
+            ("sessions", limits.sessions),
+            ("sessions_per_principal", limits.sessions_per_principal),
+        ] {
+            if value == 0 {
+                problems.push(Problem::new(
+                    format!("server.limits.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (field, value) in [
+            ("header_timeout", limits.header_timeout.0),
+            ("idle_timeout", limits.idle_timeout.0),
+            ("session_idle", limits.session_idle.0),
+        ] {
+            if value < std::time::Duration::from_millis(100) {
+                problems.push(Problem::new(
+                    format!("server.limits.{field}"),
+                    "must be at least 100ms",
+                ));
+            }
+        }
         let mut access = crate::access::Access::build(&config, base, &mut problems);
         let tls = config.server.tls.as_ref().and_then(|t| {
             let (cert, key) = (base.join(&t.cert), base.join(&t.key));

@@ -69,6 +69,68 @@ pub struct ServerSection {
     /// gets 403, against DNS rebinding. A server other machines reach needs its own names here.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Bounds on connections and MCP sessions, against floods and idle clients.
+    #[serde(default)]
+    pub limits: ServerLimits,
+}
+
+/// `server.limits`: what one client, or many, may hold open. Every bound has a default.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerLimits {
+    /// Open TCP connections. At the cap, the connection idle the longest is closed to make
+    /// room; when none is idle, the new one is (default 4096, and never more than the file
+    /// descriptors allow).
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// How long a client may take to send a request's headers (default 10s).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// How long a connection with no request in flight stays open (default 60s).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Open MCP sessions, all principals together (default 4096).
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    /// Open MCP sessions of one principal (default 64).
+    #[serde(default = "default_sessions_per_principal")]
+    pub sessions_per_principal: usize,
+    /// A session with no request for this long, and no call in flight, is closed (default
+    /// 30m). A call runs to its own timeout, whatever this says.
+    #[serde(default = "default_session_idle")]
+    pub session_idle: HumanDuration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            connections: default_connections(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            sessions: default_sessions(),
+            sessions_per_principal: default_sessions_per_principal(),
+            session_idle: default_session_idle(),
+        }
+    }
+}
+
+fn default_connections() -> usize {
+    4096
+}
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
+}
+fn default_sessions() -> usize {
+    4096
+}
+fn default_sessions_per_principal() -> usize {
+    64
+}
+fn default_session_idle() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30 * 60))
 }
 
 impl Default for ServerSection {
@@ -82,6 +144,7 @@ impl Default for ServerSection {
             behind_tls_proxy: false,
             auth: None,
             audit: None,
+            limits: ServerLimits::default(),
         }
     }
 }

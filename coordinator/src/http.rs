@@ -3,6 +3,7 @@
 //! the fleet's views and a `/healthz` for probes.
 
 pub mod auth;
+pub mod conns;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -100,7 +101,11 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     let fleet = dispatcher.fleet().cloned();
     let audit = dispatcher.audit().cloned();
     let server = Server::new(dispatcher, tasks, shutdown.clone());
-    let sessions = Arc::new(LocalSessionManager::default());
+    // Sessions are expired here, by `server.limits.session_idle`, counting a call in flight
+    // as activity: rmcp's own keep-alive would end a session whose call is silent for 5 min.
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = None;
+    let sessions = Arc::new(manager);
     let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config);
     let tool_scopes = catalog
         .tools
@@ -108,10 +113,18 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         .filter(|t| !t.scopes.is_empty())
         .map(|t| (t.name.clone(), t.scopes.clone()))
         .collect();
-    let front = Arc::new(Front::new(catalog.access.clone(), tool_scopes, audit));
-    if catalog.access.enabled() {
-        tasks.spawn(forget_closed_sessions(front.clone(), sessions, shutdown));
-    }
+    let front = Arc::new(Front::new(
+        catalog.access.clone(),
+        tool_scopes,
+        audit,
+        catalog.server.limits.clone(),
+    ));
+    tasks.spawn(expire_sessions(
+        front.clone(),
+        sessions,
+        catalog.server.limits.session_idle.0,
+        shutdown.clone(),
+    ));
     let access = catalog.access.clone();
     // The refusal for a caller that may not read the fleet; `None` lets it through.
     let may_read = move |ext: &axum::http::Extensions| -> Option<Response> {
@@ -198,6 +211,7 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
             check_host_and_origin,
         ))
         .layer(axum::middleware::from_fn(session_closed_is_204))
+        .layer(axum::middleware::from_fn(conns::busy_while_answering))
 }
 
 /// The Host and Origin checks rmcp gives `/mcp`, for every other route but `/healthz`
@@ -352,28 +366,39 @@ fn metadata_routes(catalog: &Catalog) -> Router {
     router
 }
 
-/// Forgets the owners of MCP sessions that have ended (closed, or expired by rmcp), every
-/// 30 s until `shutdown`.
-async fn forget_closed_sessions(
+/// Closes the MCP sessions idle for `idle` (nothing in flight, no request), and forgets
+/// those rmcp has ended, until `shutdown`. It looks every quarter of `idle` (between 0.1 s
+/// and 30 s), so a session lives at most 1.25 `idle` past its last request.
+async fn expire_sessions(
     front: Arc<Front>,
     sessions: Arc<LocalSessionManager>,
+    idle: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    use rmcp::transport::streamable_http_server::session::SessionManager;
+    let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let alive: std::collections::HashSet<String> =
-                    sessions.sessions.read().await.keys().map(|k| k.to_string()).collect();
-                front.retain_sessions(|id| alive.contains(id));
-            }
+            _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
+        for id in front.idle_sessions() {
+            debug!(session = %id, "closing an idle MCP session (server.limits.session_idle)");
+            if let Err(e) = sessions.close_session(&id.as_str().into()).await {
+                debug!(session = %id, error = %e, "closing an idle session failed");
+            }
+        }
+        let alive: std::collections::HashSet<String> = sessions
+            .sessions
+            .read()
+            .await
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        front.retain_sessions(|id| alive.contains(id));
     }
 }
-
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` is cancelled: HTTPS with `server.tls`, else plain HTTP. Calls
 /// still running are killed as their requests end.
@@ -399,27 +424,63 @@ pub async fn serve(
         .with_context(|| format!("listen on {listen}"))?;
     let local = listener.local_addr().context("read the bound address")?;
     let tools = catalog.tools.len();
+    let limits = catalog.server.limits.clone();
+    let room = conns::fd_room();
+    let cap = if limits.connections > room {
+        warn!(
+            configured = limits.connections,
+            allowed = room,
+            "server.limits.connections is more than the open-file limit allows; using {room} (raise `ulimit -n` or LimitNOFILE= for more)"
+        );
+        room
+    } else {
+        limits.connections
+    };
+    let open = conns::Conns::new(cap);
     let app = router(dispatcher, tasks, shutdown.clone());
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     info!(
         address = %local,
         tools,
         auth = catalog.access.enabled(),
+        connections = cap,
         "serving MCP at {scheme}://{local}/mcp"
     );
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout.0);
+    let (header_timeout, idle_timeout) = (limits.header_timeout.0, limits.idle_timeout.0);
+    let connections = TaskTracker::new();
+    let mut refused_at: Option<std::time::Instant> = None;
     while let Some((tcp, peer)) = mcpfier_common::net::accept(&listener, &shutdown).await {
-        let app = app.clone().layer(axum::Extension(auth::Peer(peer)));
+        let Some(slot) = open.admit() else {
+            // Every connection has a request in flight: this one is closed at once, and said
+            // so at most once a minute.
+            if refused_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                warn!(
+                    cap,
+                    "connection refused: server.limits.connections are all busy"
+                );
+                refused_at = Some(std::time::Instant::now());
+            }
+            drop(tcp);
+            continue;
+        };
+        let app = app
+            .clone()
+            .layer(axum::Extension(auth::Peer(peer)))
+            .layer(axum::Extension(conns::ConnOf(slot.activity.clone())));
         let service = TowerToHyperService::new(app);
         let builder = builder.clone();
         let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
-        tasks.spawn(async move {
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
             let served = match acceptor {
                 Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let stream = tokio::select! {
+                        accepted = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => match accepted {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 debug!(peer = %peer, error = %e, "TLS handshake failed");
@@ -429,15 +490,12 @@ pub async fn serve(
                                 debug!(peer = %peer, "TLS handshake timed out");
                                 return;
                             }
-                        };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                        },
+                        () = slot.close.cancelled() => return,
+                    };
+                    drive(&builder, TokioIo::new(stream), service, &slot, idle_timeout, &shutdown).await
                 }
-                None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-                    watcher.watch(conn.into_owned()).await
-                }
+                None => drive(&builder, TokioIo::new(tcp), service, &slot, idle_timeout, &shutdown).await,
             };
             if let Err(e) = served {
                 debug!(peer = %peer, error = %e, "connection ended with an error");
@@ -445,11 +503,40 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(Duration::from_secs(10), connections.wait())
         .await
         .is_err()
     {
         warn!("connections still open 10s after shutdown");
     }
     Ok(())
+}
+
+/// Serves one connection until it ends, or until it is asked to close (to make room at the
+/// connection cap, or at shutdown) or has had nothing in flight for `idle`: then it is shut
+/// down gracefully (a response being sent is finished first, for up to 10 s).
+async fn drive<I>(
+    builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    io: I,
+    service: TowerToHyperService<Router>,
+    slot: &conns::Slot,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => return served,
+        () = slot.close.cancelled() => debug!("connection closed to make room (server.limits.connections)"),
+        () = shutdown.cancelled() => {}
+        () = conns::idle(&slot.activity, idle) => debug!("idle connection closed (server.limits.idle_timeout)"),
+    }
+    conn.as_mut().graceful_shutdown();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .unwrap_or(Ok(()))
 }

@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::warn;
 
+use super::conns::{Activity, hold_until_sent};
 use crate::access::{Access, AuthError, Principal, TokenError};
 
 /// The MCP session header.
@@ -76,8 +77,18 @@ pub struct Front {
     tool_scopes: HashMap<String, Vec<String>>,
     /// `server.audit`: refusals are recorded there too.
     audit: Option<Arc<crate::audit::Audit>>,
-    /// Session id -> the principal that opened it (`method:id`).
-    sessions: Mutex<HashMap<String, String>>,
+    /// The open MCP sessions, by id.
+    sessions: Mutex<HashMap<String, Session>>,
+    /// `server.limits`.
+    limits: crate::config::ServerLimits,
+}
+
+/// An open MCP session.
+struct Session {
+    /// The principal that opened it (`method:id`); `None` without authentication.
+    owner: Option<String>,
+    /// Its requests being answered (a call's SSE stream, a GET stream).
+    activity: Arc<Activity>,
 }
 
 impl Front {
@@ -85,12 +96,14 @@ impl Front {
         access: Arc<Access>,
         tool_scopes: HashMap<String, Vec<String>>,
         audit: Option<Arc<crate::audit::Audit>>,
+        limits: crate::config::ServerLimits,
     ) -> Self {
         Self {
             access,
             tool_scopes,
             audit,
             sessions: Mutex::new(HashMap::new()),
+            limits,
         }
     }
 
@@ -115,17 +128,64 @@ impl Front {
         }
     }
 
-    fn owner(&self, session: &str) -> Option<String> {
-        self.lock().get(session).cloned()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets the owners of sessions for which `alive` says no.
+    /// Forgets the sessions for which `alive` says no.
     pub(super) fn retain_sessions(&self, alive: impl Fn(&str) -> bool) {
         self.lock().retain(|id, _| alive(id));
+    }
+
+    /// The sessions with nothing in flight for `server.limits.session_idle`.
+    pub(super) fn idle_sessions(&self) -> Vec<String> {
+        let limit = self.limits.session_idle.0;
+        self.lock()
+            .iter()
+            .filter(|(_, s)| s.activity.idle_for().is_some_and(|d| d >= limit))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// How many sessions are open.
+    pub fn open_sessions(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The refusal of a new session, when one more would pass `server.limits`.
+    fn session_refusal(&self, owner: Option<&str>, who: Option<&Principal>) -> Option<Response> {
+        let sessions = self.lock();
+        let retry = |status, message: String| {
+            let mut r = refusal(status, None, &message);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            Some(r)
+        };
+        let idle = humantime::format_duration(self.limits.session_idle.0);
+        if sessions.len() >= self.limits.sessions {
+            return retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the server has {} MCP sessions open, its limit (server.limits.sessions); retry after 60 s",
+                    sessions.len()
+                ),
+            );
+        }
+        let owner = owner?;
+        let held = sessions
+            .values()
+            .filter(|s| s.owner.as_deref() == Some(owner))
+            .count();
+        if held >= self.limits.sessions_per_principal {
+            return retry(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "rate limited: `{}` has {held} MCP sessions open, its limit (server.limits.sessions_per_principal); close one (DELETE /mcp) or wait for an idle one to expire ({idle} without a request); retry after 60 s",
+                    who.map_or("?", |p| p.id.as_str())
+                ),
+            );
+        }
+        None
     }
 }
 
@@ -139,15 +199,16 @@ fn refusal(status: StatusCode, challenge: Option<&str>, message: &str) -> Respon
     response
 }
 
-/// Authenticates the request (when `server.auth` is on) and keeps sessions with their
-/// principals. `/healthz` is open, for probes.
+/// Authenticates the request (when `server.auth` is on), keeps sessions with their
+/// principals and within `server.limits`, and marks a session busy while its request is
+/// answered. `/healthz` and the protected-resource metadata are open.
 pub(super) async fn check(
     State(front): State<Arc<Front>>,
     mut req: Request,
     next: Next,
 ) -> Response {
     let path = req.uri().path();
-    if path == "/healthz" || path.starts_with(METADATA_PATH) || !front.access.enabled() {
+    if path == "/healthz" || path.starts_with(METADATA_PATH) {
         return next.run(req).await;
     }
     let peer = req.extensions().get::<Peer>().map(|p| p.0);
@@ -156,8 +217,7 @@ pub(super) async fn check(
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     let principal = match front.access.authenticate(authorization, req.uri().query()) {
-        Ok(Some(p)) => p,
-        Ok(None) => return next.run(req).await,
+        Ok(p) => p,
         Err(e) => {
             warn!(
                 peer = ?peer,
@@ -169,67 +229,91 @@ pub(super) async fn check(
             return refuse(&front.access, &e);
         }
     };
+    let is_mcp = path == "/mcp" || path.starts_with("/mcp/");
     let session = req
         .headers()
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let owner_key = format!("{}:{}", principal.method, principal.id);
-    if let Some(id) = &session
-        && let Some(owner) = front.owner(id)
-        && owner != owner_key
+    let owner_key = principal.as_ref().map(|p| format!("{}:{}", p.method, p.id));
+    let mut holds = Vec::new();
+    if let Some(id) = &session {
+        let found = front
+            .lock()
+            .get(id)
+            .map(|s| (s.owner.clone(), s.activity.clone()));
+        if let Some((owner, activity)) = found {
+            if let Some(who) = &principal
+                && owner != owner_key
+            {
+                warn!(
+                    peer = ?peer,
+                    principal = %who.id,
+                    owner = %owner.as_deref().unwrap_or("-"),
+                    "refused a request on another principal's session"
+                );
+                front.record(
+                    "session_refused",
+                    Some(who),
+                    peer,
+                    req.uri().path(),
+                    "the session belongs to another principal",
+                );
+                return refusal(
+                    StatusCode::FORBIDDEN,
+                    None,
+                    &format!(
+                        "this MCP session belongs to another principal, not `{}`: open your own session",
+                        who.id
+                    ),
+                );
+            }
+            holds.push(activity.hold());
+        }
+    } else if is_mcp
+        && req.method() == Method::POST
+        && let Some(refused) = front.session_refusal(owner_key.as_deref(), principal.as_ref())
     {
-        warn!(
-            peer = ?peer,
-            principal = %principal.id,
-            owner = %owner,
-            "refused a request on another principal's session"
-        );
-        front.record(
-            "session_refused",
-            Some(&principal),
-            peer,
-            req.uri().path(),
-            "the session belongs to another principal",
-        );
-        return refusal(
-            StatusCode::FORBIDDEN,
-            None,
-            &format!(
-                "this MCP session belongs to another principal, not `{}`: open your own session",
-                principal.id
-            ),
-        );
+        warn!(peer = ?peer, principal = principal.as_ref().map_or("-", |p| p.id.as_str()), "new MCP session refused: server.limits");
+        return refused;
     }
     let deleting = req.method() == Method::DELETE;
-    let id = owner_key;
-    if principal.method == crate::access::Method::OAuth
+    if let Some(who) = &principal
+        && who.method == crate::access::Method::OAuth
         && !front.tool_scopes.is_empty()
         && req.method() == Method::POST
     {
-        req = match step_up(&front, &principal, req).await {
+        req = match step_up(&front, who, req).await {
             Ok(req) => req,
             Err(refused) => return *refused,
         };
     }
-    req.extensions_mut().insert(principal);
+    if let Some(who) = principal {
+        req.extensions_mut().insert(who);
+    }
     let response = next.run(req).await;
     match &session {
-        None => {
+        None if is_mcp => {
             if let Some(new) = response
                 .headers()
                 .get(SESSION_HEADER)
                 .and_then(|v| v.to_str().ok())
             {
-                front.lock().insert(new.to_owned(), id);
+                front.lock().insert(
+                    new.to_owned(),
+                    Session {
+                        owner: owner_key,
+                        activity: Arc::new(Activity::new()),
+                    },
+                );
             }
         }
         Some(old) if deleting && response.status().is_success() => {
             front.lock().remove(old);
         }
-        Some(_) => {}
+        _ => {}
     }
-    response
+    hold_until_sent(response, holds)
 }
 
 /// The most bytes of a request body read to find which tool a `tools/call` names (rmcp's own

@@ -12,5 +12,6 @@ mod front_door;
 mod mcp;
 mod membership;
 mod policy;
+mod server_limits;
 mod signed;
 mod tidy;
