@@ -35,5 +35,7 @@ pub use http::{Reply, free_port, get_json, http_exchange, http_request};
 pub use mcp_client::{
     StdioRun, drive_http, drive_http_as, drive_http_ok_as, drive_http_raw, drive_stdio, result_text,
 };
-pub use process::{Process, Scratch, alive, assert_all_gone, mcpfier_cli, read_pids, wait_for};
+pub use process::{
+    Process, Scratch, alive, assert_all_gone, mcpfier_cli, new_key, read_pids, wait_for,
+};
 pub use proxy::{Direction, Proxy};

@@ -246,3 +246,22 @@ pub fn assert_all_gone(pids: &[i32], limit: Duration) {
         panic!("processes survived: {survivors:?}");
     }
 }
+
+/// A new API key for `id` with `roles` (comma-separated), from `mcpfier keys new`, and the
+/// `server.auth.api_keys` line it prints (which must not hold the key itself).
+pub fn new_key(id: &str, roles: &str) -> (String, String) {
+    let (code, key, line) = mcpfier_cli(&["keys", "new", "--id", id, "--roles", roles], &[]);
+    assert_eq!(code, 0, "{line}");
+    let key = key.trim().to_owned();
+    let line = line
+        .lines()
+        .find(|l| l.trim_start().starts_with("- {"))
+        .expect("keys new prints the config line")
+        .trim()
+        .to_owned();
+    assert!(
+        !line.contains(&key),
+        "the config line holds the key itself: {line}"
+    );
+    (key, line)
+}

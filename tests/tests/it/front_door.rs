@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mcpfier_tests::{
     Coordinator, EtcdCerts, Reply, Scratch, drive_http_as, drive_http_ok_as, http_exchange,
-    mcpfier_cli, result_text, wait_for,
+    mcpfier_cli, new_key, result_text, wait_for,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -34,24 +34,6 @@ roles:
 "#;
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
-
-/// A key and its config line.
-fn new_key(id: &str, roles: &str) -> (String, String) {
-    let (code, key, line) = mcpfier_cli(&["keys", "new", "--id", id, "--roles", roles], &[]);
-    assert_eq!(code, 0, "{line}");
-    let key = key.trim().to_owned();
-    let line = line
-        .lines()
-        .find(|l| l.trim_start().starts_with("- {"))
-        .expect("keys new prints the config line")
-        .trim()
-        .to_owned();
-    assert!(
-        !line.contains(&key),
-        "the config line holds the key itself: {line}"
-    );
-    (key, line)
-}
 
 struct Keys {
     ops: String,

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use mcpfier_tests::{
-    Coordinator, Scratch, drive_http_ok_as, http_exchange, http_request, mcpfier_cli, wait_for,
+    Coordinator, Scratch, drive_http_ok_as, http_exchange, http_request, wait_for,
 };
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
@@ -122,18 +122,6 @@ fn slow_headers_and_idle_connections_are_closed_on_time_and_a_flood_cannot_starv
     assert!(c.log_text().contains("connections=50"), "{}", c.log_text());
 }
 
-fn key(id: &str) -> (String, String) {
-    let (code, key, line) = mcpfier_cli(&["keys", "new", "--id", id, "--roles", "r"], &[]);
-    assert_eq!(code, 0, "{line}");
-    let line = line
-        .lines()
-        .find(|l| l.trim_start().starts_with("- {"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    (key.trim().to_owned(), line)
-}
-
 fn initialize(addr: &str, key: &str) -> mcpfier_tests::Reply {
     let auth = format!("Bearer {key}");
     http_exchange(
@@ -153,7 +141,10 @@ fn initialize(addr: &str, key: &str) -> mcpfier_tests::Reply {
 #[test]
 fn sessions_are_capped_overall_and_per_principal_and_idle_ones_expire() {
     let scratch = Scratch::new();
-    let keys: Vec<(String, String)> = ["a", "b", "c"].iter().map(|id| key(id)).collect();
+    let keys: Vec<(String, String)> = ["a", "b", "c"]
+        .iter()
+        .map(|id| mcpfier_tests::new_key(id, "r"))
+        .collect();
     let lines: String = keys.iter().map(|(_, l)| format!("      {l}\n")).collect();
     let config = scratch.write(
         "sessions.yaml",
