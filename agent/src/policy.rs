@@ -516,7 +516,7 @@ impl Policy {
         let args: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&signed.arguments)
                 .map_err(|e| broken(format!("the arguments are not a JSON object ({e})")))?;
-        let argv = compiled.render(Some(&args)).map_err(|errors| {
+        let (argv, paths) = compiled.render(Some(&args)).map_err(|errors| {
             let list: Vec<_> = errors.iter().map(ToString::to_string).collect();
             broken(list.join("; "))
         })?;
@@ -529,6 +529,9 @@ impl Policy {
         let d = &compiled.definition;
         if argv != exec.argv {
             return differs("argv".into());
+        }
+        if paths != exec.paths {
+            return differs("paths".into());
         }
         for var in &exec.env {
             match d.env.get(&var.name) {

@@ -19,7 +19,7 @@ use mcpfier_exec::{ErrorKind, Execution, Executor, HasKind, wire};
 use tokio_util::task::TaskTracker;
 
 /// Features this agent announces in `Info`.
-pub const FEATURES: &[&str] = &["local-exec", "attach", "cancel"];
+pub const FEATURES: &[&str] = &["local-exec", "attach", "cancel", "path-args"];
 
 /// Whether the agent takes new calls.
 ///

@@ -7,6 +7,7 @@
 //! the definition it verified, with the same code.
 
 pub mod params;
+pub mod paths;
 pub mod signed;
 pub mod template;
 
@@ -80,13 +81,16 @@ pub enum ParamType {
     Boolean,
     /// An array of strings.
     Array,
+    /// A file or directory inside `within`, resolved (symbolic links included) on the host
+    /// that runs the call; the command gets the resolved absolute path.
+    Path,
 }
 
 /// One parameter of a tool.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Param {
-    /// The value's type: `string`, `integer`, `number`, `boolean` or `array`.
+    /// The value's type: `string`, `integer`, `number`, `boolean`, `array` or `path`.
     #[serde(rename = "type")]
     pub kind: ParamType,
     /// What it means, for the model.
@@ -137,6 +141,13 @@ pub struct Param {
     /// it is. Refused by default.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_bidi: bool,
+    /// path: the directory the value must resolve inside (absolute; required). A relative
+    /// value is taken relative to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub within: Option<std::path::PathBuf>,
+    /// path: the value must name something that exists.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub must_exist: bool,
     /// The value is a secret: the audit file keeps only its SHA-256.
     #[serde(default, skip_serializing_if = "is_false")]
     pub secret: bool,

@@ -16,7 +16,7 @@ use mcpfier_common::glob::Globs;
 use subtle::ConstantTimeEq;
 
 use crate::catalog::Tool;
-use crate::config::{Config, FleetAccess, Problem, RoleSection};
+use crate::config::{Config, FleetAccess, ParamType, Problem, RoleSection};
 use mcpfier_common::tool::params::{self, CompiledParam};
 
 pub mod limits;
@@ -345,7 +345,12 @@ impl Access {
                         }
                     }
                     let spec = crate::config::Param {
-                        kind: base.spec.kind,
+                        // A path's narrowing checks the value as given; where it resolves is
+                        // known only on the host that runs the call.
+                        kind: match base.spec.kind {
+                            ParamType::Path => ParamType::String,
+                            kind => kind,
+                        },
                         description: None,
                         default: None,
                         required: Some(false),
@@ -361,6 +366,8 @@ impl Access {
                         // The tool's own rules check these; the narrowing adds to them.
                         allow_options: true,
                         allow_bidi: true,
+                        within: None,
+                        must_exist: false,
                         secret: false,
                     };
                     let mut push =

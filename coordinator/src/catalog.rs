@@ -20,8 +20,9 @@ use mcpfier_exec::{DEFAULT_KILL_GRACE, EnvVar, Execution, SignedCall};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
-use crate::config::{AgentEntry, Annotations, Config, Problem, ServerSection};
+use crate::config::{AgentEntry, Annotations, Config, ParamType, Problem, ServerSection};
 use mcpfier_common::tool::params::{self, ArgError, CompiledParam};
+use mcpfier_common::tool::paths;
 use mcpfier_common::tool::template::{self, Element};
 
 /// Reads, parses and checks the config file at `path`; `env` is mcpfier's environment, for
@@ -187,8 +188,10 @@ impl Tool {
 impl Tool {
     /// Checks `args` and resolves the command. Nothing runs.
     pub fn prepare(&self, args: Option<&Map<String, Value>>) -> Result<Execution, Vec<ArgError>> {
-        let values = params::check_args(&self.params, args)?;
+        let mut values = params::check_args(&self.params, args)?;
+        let paths = paths::extract(&self.params, &mut values);
         let mut exec = self.execution(&values);
+        exec.paths = paths;
         exec.signed = self.signature.as_ref().map(|signature| SignedCall {
             definition: self.definition.clone(),
             signature: signature.clone(),
@@ -203,6 +206,7 @@ impl Tool {
     fn execution(&self, values: &BTreeMap<String, Value>) -> Execution {
         Execution {
             argv: template::render(&self.command, values),
+            paths: vec![],
             program: None,
             env: self.env.clone(),
             workdir: self.workdir.clone(),
@@ -212,6 +216,11 @@ impl Tool {
             container: self.container.clone(),
             signed: None,
         }
+    }
+
+    /// Whether the tool takes a `path` parameter (resolved where the call runs).
+    pub fn takes_paths(&self) -> bool {
+        self.params.iter().any(|p| p.spec.kind == ParamType::Path)
     }
 
     /// Whether `code` counts as success.
@@ -580,6 +589,18 @@ fn build_tool(
     }
     if let Some(c) = &section.container {
         container::check(c, &format!("{at}.container"), &mut problem);
+        for (name, _) in section
+            .params
+            .iter()
+            .filter(|(_, p)| p.kind == ParamType::Path)
+        {
+            problem(
+                format!("{at}.params.{name}.type"),
+                "a container tool can't take a `path` parameter: it is resolved on the host, \
+                 and the command sees the container's files (use a string with a `pattern`)"
+                    .into(),
+            );
+        }
     }
     let container = signable
         .container

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::Catalog;
 use crate::dispatch::Dispatcher;
-use crate::mcp::Server;
+use crate::mcp::{self, Server};
 use auth::Front;
 
 /// Host names always allowed: this machine's.
@@ -100,7 +100,8 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         .with_cancellation_token(shutdown.child_token());
     let fleet = dispatcher.fleet().cloned();
     let audit = dispatcher.audit().cloned();
-    let server = Server::new(dispatcher, tasks, shutdown.clone());
+    let server =
+        Server::new(dispatcher, tasks, shutdown.clone()).with_result_budget(mcp::RESULT_BUDGET);
     // Sessions are expired here, by `server.limits.session_idle`, counting a call in flight
     // as activity: rmcp's own keep-alive would end a session whose call is silent for 5 min.
     let mut manager = LocalSessionManager::default();

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser};
+use mcpfier_common::tool::paths;
 use mcpfier_coordinator::catalog::{Catalog, Tool, signing};
 use mcpfier_coordinator::config::{self, ParamType};
 use mcpfier_coordinator::dispatch::Dispatcher;
@@ -350,9 +351,29 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 acting = Some(who);
             }
             let (tool, arguments) = tool_and_args(&catalog, args)?;
-            let exec = match tool.prepare(Some(&arguments)) {
+            let mut exec = match tool.prepare(Some(&arguments)) {
                 Ok(e) => e,
                 Err(errors) => return Ok(invalid(&errors)),
+            };
+            // Paths resolve where the call runs: here, or on the agent that takes it.
+            let paths = if exec.paths.is_empty() {
+                None
+            } else if catalog.fleet.is_some() {
+                for element in &mut exec.argv {
+                    for p in &exec.paths {
+                        let shown = format!("<{} resolved on the agent>", p.param);
+                        *element = element.replace(&paths::marker(&p.param), &shown);
+                    }
+                }
+                Some(json!(
+                    "resolved inside `within` on the agent that runs the call"
+                ))
+            } else {
+                if let Err(e) = paths::substitute(&mut exec.argv, &exec.paths) {
+                    eprintln!("{e}; nothing would run");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Some(json!("resolved on this host"))
             };
             if let Err(why) = catalog
                 .access
@@ -386,6 +407,9 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 "concurrency": tool.concurrency,
             });
             let mut plan = plan;
+            if let Some(p) = paths {
+                plan["paths"] = p;
+            }
             if let Some(a) = authorization {
                 plan["authorization"] = a;
             }

@@ -34,6 +34,8 @@ pub struct Server {
     tools: Arc<Vec<McpTool>>,
     /// Connected clients, told when the set of tools changes (fleet mode).
     peers: Arc<Mutex<Vec<Peer<RoleServer>>>>,
+    /// Most bytes of a result's text, JSON-encoded (HTTP: see [`RESULT_BUDGET`]).
+    result_budget: Option<usize>,
 }
 
 impl Server {
@@ -51,6 +53,7 @@ impl Server {
             dispatcher,
             tools: Arc::new(tools),
             peers: Arc::new(Mutex::new(Vec::new())),
+            result_budget: None,
         };
         if let Some(fleet) = server.dispatcher.fleet() {
             let notifier = ListChanged {
@@ -60,6 +63,12 @@ impl Server {
             tasks.spawn(notifier.run(shutdown));
         }
         server
+    }
+
+    /// Cuts each result's output to fit `budget` bytes of JSON-encoded text.
+    pub fn with_result_budget(mut self, budget: usize) -> Self {
+        self.result_budget = Some(budget);
+        self
     }
 
     /// The tools a client can call now: all of them in this process; in fleet mode, those
@@ -133,9 +142,10 @@ pub fn output_schema() -> Map<String, Value> {
         "properties": {
             "exit_code": {"type": ["integer", "null"], "description": "exit code; null when a signal ended the command"},
             "signal": {"type": ["integer", "null"], "description": "the signal that ended the command, if any"},
-            "stdout": {"type": "string"},
-            "stderr": {"type": "string"},
+            "stdout_bytes": {"type": "integer", "description": "bytes of stdout captured (at most max_output); the text content carries them"},
+            "stderr_bytes": {"type": "integer", "description": "bytes of stderr captured (at most max_output); the text content carries them after a `--- stderr ---` heading"},
             "truncated": {"type": "boolean", "description": "output went past max_output and was cut"},
+            "cut_to_fit": {"type": "boolean", "description": "the text content holds less than was captured, to fit one HTTP response (a note in the text says how much)"},
             "timed_out": {"type": "boolean"},
             "oom_killed": {"type": "boolean", "description": "a container call's memory limit killed it"},
             "duration_ms": {"type": "integer"},
@@ -152,7 +162,7 @@ pub fn output_schema() -> Map<String, Value> {
                 "required": ["kind", "message", "outcome"]
             }
         },
-        "required": ["exit_code", "stdout", "stderr", "truncated", "timed_out", "duration_ms"]
+        "required": ["exit_code", "stdout_bytes", "stderr_bytes", "truncated", "cut_to_fit", "timed_out", "duration_ms"]
     });
     match schema {
         Value::Object(map) => map,
@@ -188,14 +198,16 @@ pub fn describe(tool: &Tool) -> McpTool {
     t
 }
 
-/// `structuredContent` for an outcome.
+/// `structuredContent` for an outcome: what happened, not the output itself, which the text
+/// content carries (so a result holds it once).
 pub fn structured(outcome: &Outcome, agent: Option<&str>) -> Value {
     let mut value = json!({
         "exit_code": outcome.exit_code,
         "signal": outcome.signal,
-        "stdout": String::from_utf8_lossy(&outcome.stdout),
-        "stderr": String::from_utf8_lossy(&outcome.stderr),
+        "stdout_bytes": outcome.stdout.len(),
+        "stderr_bytes": outcome.stderr.len(),
         "truncated": outcome.truncated(),
+        "cut_to_fit": false,
         "timed_out": outcome.timed_out,
         "oom_killed": outcome.oom_killed,
         "duration_ms": outcome.duration.as_millis() as u64,
@@ -206,16 +218,41 @@ pub fn structured(outcome: &Outcome, agent: Option<&str>) -> Value {
     value
 }
 
-/// The MCP result of a finished run.
-pub fn tool_result(tool: &Tool, outcome: &Outcome, agent: Option<&str>) -> CallToolResult {
+/// The MCP result of a finished run. Its one text block holds stdout, then stderr under a
+/// `--- stderr ---` heading, then mcpfier's notes. With a `budget` (HTTP, where a client
+/// takes one server-sent event of at most 1 MiB) the output is cut so that the text's JSON
+/// encoding stays within it, and a note says so.
+pub fn tool_result(
+    tool: &Tool,
+    outcome: &Outcome,
+    agent: Option<&str>,
+    budget: Option<usize>,
+) -> CallToolResult {
     let ok = tool.ok_exit(outcome.exit_code) && !outcome.timed_out && !outcome.oom_killed;
-    let mut text = String::from_utf8_lossy(&outcome.stdout).into_owned();
-    if !outcome.stderr.is_empty() {
+    let stdout = String::from_utf8_lossy(&outcome.stdout);
+    let stderr = String::from_utf8_lossy(&outcome.stderr);
+    let (out, err) = match budget {
+        Some(budget) => fit(&stdout, &stderr, budget.saturating_sub(NOTES_ROOM)),
+        None => (&*stdout, &*stderr),
+    };
+    let cut = out.len() < stdout.len() || err.len() < stderr.len();
+    let mut text = out.to_owned();
+    if !err.is_empty() {
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
         text.push_str("--- stderr ---\n");
-        text.push_str(&String::from_utf8_lossy(&outcome.stderr));
+        text.push_str(err);
+    }
+    if cut {
+        text.push_str(&format!(
+            "\n[mcpfier] output cut to fit one HTTP response: {} of {} of stdout and {} of {} \
+             of stderr shown (over stdio a result carries all of it)",
+            mcpfier_common::ByteSize(out.len() as u64),
+            mcpfier_common::ByteSize(stdout.len() as u64),
+            mcpfier_common::ByteSize(err.len() as u64),
+            mcpfier_common::ByteSize(stderr.len() as u64),
+        ));
     }
     if outcome.oom_killed {
         text.push_str("\n[mcpfier] killed: out of memory (the container's memory limit)");
@@ -243,8 +280,55 @@ pub fn tool_result(tool: &Tool, outcome: &Outcome, agent: Option<&str>) -> CallT
     } else {
         CallToolResult::error(content)
     };
-    result.structured_content = Some(structured(outcome, agent));
+    let mut value = structured(outcome, agent);
+    value["cut_to_fit"] = json!(cut);
+    result.structured_content = Some(value);
     result
+}
+
+/// Most bytes of a call result's text, JSON-encoded, over HTTP: the official Python client
+/// refuses a server-sent event over 1 MiB, and the event also holds the JSON-RPC envelope
+/// and `structuredContent`.
+pub const RESULT_BUDGET: usize = 1_000_000;
+/// Room kept in the budget for the stderr heading and mcpfier's notes.
+const NOTES_ROOM: usize = 1024;
+
+/// Bytes `s` takes JSON-encoded, quotes excluded.
+fn json_len(s: &str) -> usize {
+    s.chars().map(json_char_len).sum()
+}
+
+fn json_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{08}' | '\u{0c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The longest prefix of `s` whose JSON encoding takes at most `budget` bytes.
+fn prefix_within(s: &str, budget: usize) -> &str {
+    let mut used = 0;
+    for (at, c) in s.char_indices() {
+        used += json_char_len(c);
+        if used > budget {
+            return &s[..at];
+        }
+    }
+    s
+}
+
+/// Stdout and stderr cut so that together they take at most `budget` bytes JSON-encoded:
+/// stderr keeps up to a quarter of the budget (more when stdout needs less), stdout the rest.
+fn fit<'a>(stdout: &'a str, stderr: &'a str, budget: usize) -> (&'a str, &'a str) {
+    let (out_len, err_len) = (json_len(stdout), json_len(stderr));
+    if out_len + err_len <= budget {
+        return (stdout, stderr);
+    }
+    let err_budget = err_len.min((budget / 4).max(budget.saturating_sub(out_len)));
+    let err = prefix_within(stderr, err_budget);
+    let out = prefix_within(stdout, budget - json_len(err));
+    (out, err)
 }
 
 /// The answer to a call its principal's limits refuse: a tool error that says when to retry,
@@ -568,7 +652,12 @@ impl Server {
                     duration_ms = started.elapsed().as_millis() as u64,
                     "call finished"
                 );
-                Ok(tool_result(tool, &outcome, agent.as_deref()))
+                Ok(tool_result(
+                    tool,
+                    &outcome,
+                    agent.as_deref(),
+                    self.result_budget,
+                ))
             }
             Err(dispatch::Error::Fleet(fleet::Error::Cancelled)) => {
                 Ok(error_result(fleet::Error::Cancelled.to_string()))

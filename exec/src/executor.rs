@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mcpfier_common::tool::paths::{self, PathError};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +36,13 @@ pub enum Error {
     /// A container call could not run: no daemon, missing image, or an Engine API failure.
     #[error(transparent)]
     Container(#[from] container::Error),
+    /// A `path` argument was refused on this host (outside its directory, missing, ...).
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A container call has `path` arguments, which resolve on the host, not in the
+    /// container.
+    #[error("a container tool can't take `path` parameters (parameter `{0}`)")]
+    PathInContainer(String),
 }
 
 impl HasKind for Error {
@@ -42,6 +50,8 @@ impl HasKind for Error {
         match self {
             Error::Process(e) => e.kind(),
             Error::Container(e) => e.kind(),
+            Error::Path(_) => ErrorKind::InvalidArguments,
+            Error::PathInContainer(_) => ErrorKind::Invalid,
         }
     }
 }
@@ -150,6 +160,23 @@ impl Executor {
         events: Option<UnboundedSender<Event>>,
         cancel: CancellationToken,
     ) -> Result<Outcome, Error> {
+        let resolved;
+        // A marker with no path sent for it is refused by `substitute` too.
+        let exec = if exec.paths.is_empty() && !exec.argv.iter().any(|a| a.contains('\0')) {
+            exec
+        } else {
+            if let Some(p) = exec.container.as_ref().and(exec.paths.first()) {
+                return Err(Error::PathInContainer(p.param.clone()));
+            }
+            let mut argv = exec.argv.clone();
+            paths::substitute(&mut argv, &exec.paths)?;
+            resolved = Execution {
+                argv,
+                paths: vec![],
+                ..exec.clone()
+            };
+            &resolved
+        };
         match &exec.container {
             None => {
                 let group = match &self.cgroups {

@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mcpfier_common::tool::paths::PathArg;
+
 /// The `PATH` a child gets unless the tool sets its own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -35,6 +37,9 @@ pub struct Execution {
     /// Program and arguments; `argv[0]` is an absolute path or a name looked up on the child's
     /// `PATH`.
     pub argv: Vec<String>,
+    /// The values of `path` parameters, resolved by the host that runs the command, which
+    /// puts them in `argv` in place of their markers ([`mcpfier_common::tool::paths`]).
+    pub paths: Vec<PathArg>,
     /// The program to exec, already resolved and checked (an agent's policy looks `argv[0]` up
     /// and binds the path it allowed, so nothing can swap the program in between); the child
     /// still sees `argv[0]` as given. `None`: `argv[0]` is looked up on the child's `PATH`.
@@ -76,6 +81,7 @@ impl Execution {
     pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Execution {
         Execution {
             argv: argv.into_iter().map(Into::into).collect(),
+            paths: vec![],
             program: None,
             env: vec![],
             workdir: None,

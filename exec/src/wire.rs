@@ -2,9 +2,10 @@
 //! executions, events, outcomes and error kinds. Both the agent and the coordinator use
 //! these, so the two ends agree by construction.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mcpfier_common::tool::paths::PathArg;
 use mcpfier_proto::v1;
 
 use mcpfier_proto::v1::execute_event;
@@ -72,6 +73,16 @@ pub fn request(
             signature: s.signature.to_vec(),
             arguments: s.arguments.clone(),
         }),
+        paths: exec
+            .paths
+            .iter()
+            .map(|p| v1::PathArg {
+                param: p.param.clone(),
+                value: p.value.clone(),
+                within: p.within.display().to_string(),
+                must_exist: p.must_exist,
+            })
+            .collect(),
     }
 }
 
@@ -89,8 +100,24 @@ pub fn execution(req: &v1::ExecuteRequest) -> Result<Execution, String> {
     if req.max_output == 0 {
         return Err("max_output is zero".into());
     }
+    let mut paths = Vec::with_capacity(req.paths.len());
+    for p in &req.paths {
+        if p.param.is_empty() || !Path::new(&p.within).is_absolute() {
+            return Err(format!(
+                "path argument `{}` has no parameter name or a relative `within`",
+                p.param
+            ));
+        }
+        paths.push(PathArg {
+            param: p.param.clone(),
+            value: p.value.clone(),
+            within: PathBuf::from(&p.within),
+            must_exist: p.must_exist,
+        });
+    }
     Ok(Execution {
         argv: req.argv.clone(),
+        paths,
         program: None,
         env: req
             .env
@@ -330,7 +357,13 @@ mod tests {
     #[test]
     fn an_execution_survives_the_round_trip() {
         let exec = Execution {
-            argv: vec!["/bin/echo".into(), "a b".into()],
+            argv: vec!["/bin/echo".into(), "a b".into(), "\0path:f\0".into()],
+            paths: vec![PathArg {
+                param: "f".into(),
+                value: "../x".into(),
+                within: "/srv".into(),
+                must_exist: true,
+            }],
             program: None,
             env: vec![EnvVar {
                 name: "T".into(),
@@ -354,6 +387,7 @@ mod tests {
         assert_eq!(signed.signature.len(), 64);
         assert_eq!(signed.arguments, "{\"a\":1}");
         assert_eq!(back.argv, exec.argv);
+        assert_eq!(back.paths, exec.paths);
         assert_eq!(back.env, exec.env);
         assert_eq!(back.workdir, exec.workdir);
         assert_eq!(back.timeout, exec.timeout);

@@ -12,7 +12,7 @@ pub mod v1 {
 
 /// The protocol version this build speaks: `major.minor`. Peers of the same major version
 /// interoperate; a minor version adds fields and features only.
-pub const PROTOCOL_VERSION: &str = "1.3";
+pub const PROTOCOL_VERSION: &str = "1.4";
 
 /// The most output bytes one `OutputChunk` carries; larger reads are split.
 pub const MAX_CHUNK: usize = 1 << 20;

@@ -33,9 +33,10 @@ pub use docker::{
 pub use etcd::{EtcdCerts, EtcdServer};
 pub use http::{Reply, free_port, get_json, http_exchange, http_request};
 pub use mcp_client::{
-    StdioRun, drive_http, drive_http_as, drive_http_ok_as, drive_http_raw, drive_stdio, result_text,
+    StdioRun, drive_http, drive_http_as, drive_http_ok_as, drive_http_raw, drive_stdio,
+    result_stderr, result_stdout, result_text,
 };
 pub use process::{
-    Process, Scratch, alive, assert_all_gone, mcpfier_cli, new_key, read_pids, wait_for,
+    Process, Scratch, alive, assert_all_gone, mcpfier_cli, new_key, read_lines, read_pids, wait_for,
 };
 pub use proxy::{Direction, Proxy};

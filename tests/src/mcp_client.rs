@@ -117,3 +117,45 @@ pub fn result_text(result: &Value) -> String {
         })
         .unwrap_or_default()
 }
+
+/// The stdout a driver's call result carries: the head of its text block, as long as
+/// `structuredContent.stdout_bytes` says (the command's output must be valid UTF-8 and not
+/// cut to fit).
+pub fn result_stdout(result: &Value) -> String {
+    let (text, out, _) = output_parts(result);
+    text[..out].to_owned()
+}
+
+/// The stderr a driver's call result carries: what follows the `--- stderr ---` heading in
+/// its text block, as long as `structuredContent.stderr_bytes` says.
+pub fn result_stderr(result: &Value) -> String {
+    let (text, out, err) = output_parts(result);
+    if err == 0 {
+        return String::new();
+    }
+    let rest = text[out..].strip_prefix('\n').unwrap_or(&text[out..]);
+    let rest = rest
+        .strip_prefix("--- stderr ---\n")
+        .unwrap_or_else(|| panic!("no stderr heading after stdout: {result}"));
+    rest[..err].to_owned()
+}
+
+fn output_parts(result: &Value) -> (&str, usize, usize) {
+    let sc = &result["structured_content"];
+    assert_eq!(
+        sc["cut_to_fit"], false,
+        "the output was cut to fit: {result}"
+    );
+    let text = result["text"][0].as_str().unwrap_or_default();
+    let count = |field: &str| {
+        sc[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {field}: {result}")) as usize
+    };
+    let (out, err) = (count("stdout_bytes"), count("stderr_bytes"));
+    assert!(
+        text.len() >= out + err,
+        "the text is shorter than the output: {result}"
+    );
+    (text, out, err)
+}

@@ -234,6 +234,15 @@ pub fn read_pids(path: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// The lines of a ledger file that test commands append to.
+pub fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Waits until every pid is gone; panics naming the survivors.
 pub fn assert_all_gone(pids: &[i32], limit: Duration) {
     assert!(!pids.is_empty(), "no pids to check");

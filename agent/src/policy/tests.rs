@@ -525,6 +525,54 @@ mod signed {
     }
 
     #[test]
+    fn a_signed_path_parameter_must_arrive_with_its_signed_directory() {
+        let d: Definition = serde_json::from_value(json!({
+            "name": "greet",
+            "command": ["/bin/cat", "{{file}}"],
+            "params": {"file": {"type": "path", "within": "/srv/data"}},
+            "env": {},
+            "timeout_ms": 10000,
+            "max_output": 1048576
+        }))
+        .unwrap();
+        let (key, _) = SigningKey::generate();
+        let bytes = d.canonical();
+        let p = Policy {
+            signers: Arc::new(Verifier::new(vec![key.public()])),
+            ..Policy::default()
+        };
+        let path = |within: &str| mcpfier_common::tool::paths::PathArg {
+            param: "file".into(),
+            value: "a.txt".into(),
+            within: within.into(),
+            must_exist: false,
+        };
+        let exec = Execution {
+            paths: vec![path("/srv/data")],
+            signed: Some(SignedCall {
+                signature: key.sign(&bytes).into(),
+                definition: bytes.into(),
+                arguments: r#"{"file":"a.txt"}"#.into(),
+            }),
+            ..local(&["/bin/cat", "\0path:file\0"])
+        };
+        assert!(p.admit("greet", exec.clone()).is_ok());
+        let widened = Execution {
+            paths: vec![path("/")],
+            ..exec.clone()
+        };
+        assert!(
+            refusal(&p, widened).ends_with("differs from its signed definition in paths"),
+            "a coordinator can't widen the directory"
+        );
+        let dropped = Execution {
+            paths: vec![],
+            ..exec
+        };
+        assert!(refusal(&p, dropped).ends_with("differs from its signed definition in paths"));
+    }
+
+    #[test]
     fn a_definition_changed_after_signing_is_refused_naming_the_tool() {
         let (p, mut exec) = setup();
         let mut d = definition();

@@ -85,15 +85,30 @@ fn string_rules_schema(rules: &StringRules, out: &mut Map<String, Value>) {
 fn param_schema(p: &Param) -> Map<String, Value> {
     let mut s = Map::new();
     let type_name = match p.kind {
-        ParamType::String => "string",
+        ParamType::String | ParamType::Path => "string",
         ParamType::Integer => "integer",
         ParamType::Number => "number",
         ParamType::Boolean => "boolean",
         ParamType::Array => "array",
     };
     s.insert("type".into(), json!(type_name));
-    if let Some(d) = &p.description {
-        s.insert("description".into(), json!(d));
+    match (&p.description, &p.within) {
+        (Some(d), Some(within)) if p.kind == ParamType::Path => {
+            s.insert(
+                "description".into(),
+                json!(format!("{d} (a path inside {})", within.display())),
+            );
+        }
+        (None, Some(within)) if p.kind == ParamType::Path => {
+            s.insert(
+                "description".into(),
+                json!(format!("a path inside {}", within.display())),
+            );
+        }
+        (Some(d), _) => {
+            s.insert("description".into(), json!(d));
+        }
+        (None, _) => {}
     }
     string_rules_schema(&p.string_rules(), &mut s);
     if let Some(n) = p.minimum {
@@ -196,6 +211,19 @@ pub fn check_value(p: &CompiledParam, v: &Value) -> Result<Value, String> {
             let Value::String(s) = v else {
                 return Err(format!("must be a string, got {}", type_of(v)));
             };
+            check_string(s, &spec.string_rules(), p.pattern.as_ref())?;
+            check_safety(s, p)?;
+            Ok(v.clone())
+        }
+        ParamType::Path => {
+            let Value::String(s) = v else {
+                return Err(format!("must be a path (a string), got {}", type_of(v)));
+            };
+            if s.is_empty() {
+                return Err("must not be empty".into());
+            }
+            // Checked here as given; where it resolves, on the host that runs the call
+            // (`super::paths::resolve`).
             check_string(s, &spec.string_rules(), p.pattern.as_ref())?;
             check_safety(s, p)?;
             Ok(v.clone())
@@ -445,21 +473,23 @@ pub fn compile(
     misplaced(
         "pattern",
         spec.pattern.is_some(),
-        &[ParamType::String],
-        "string",
+        &[ParamType::String, ParamType::Path],
+        "string and path",
     );
     misplaced(
         "min_length",
         spec.min_length.is_some(),
-        &[ParamType::String],
-        "string",
+        &[ParamType::String, ParamType::Path],
+        "string and path",
     );
     misplaced(
         "max_length",
         spec.max_length.is_some(),
-        &[ParamType::String],
-        "string",
+        &[ParamType::String, ParamType::Path],
+        "string and path",
     );
+    misplaced("within", spec.within.is_some(), &[ParamType::Path], "path");
+    misplaced("must_exist", spec.must_exist, &[ParamType::Path], "path");
     misplaced(
         "enum",
         spec.choices.is_some(),
@@ -491,6 +521,22 @@ pub fn compile(
         &[ParamType::Array],
         "array",
     );
+    if spec.kind == ParamType::Path {
+        match &spec.within {
+            None => problem(
+                format!("{p}.within"),
+                "a path parameter needs `within`: the directory its values must stay inside".into(),
+            ),
+            Some(dir) if !dir.is_absolute() => problem(
+                format!("{p}.within"),
+                format!(
+                    "`{}` is relative: `within` must be an absolute directory",
+                    dir.display()
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
     let mut ordered = |field: &str, min: Option<f64>, max: Option<f64>| {
         if let (Some(lo), Some(hi)) = (min, max)
             && lo > hi

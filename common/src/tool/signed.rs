@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::params::{self, ArgError, CompiledParam};
+use super::paths::{self, PathArg};
 use super::template::{self, Element};
 use super::{CommandElement, Param};
 
@@ -172,10 +173,16 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Checks `args` against the rules and renders the argv. Nothing runs.
-    pub fn render(&self, args: Option<&Map<String, Value>>) -> Result<Vec<String>, Vec<ArgError>> {
-        let values = params::check_args(&self.params, args)?;
-        Ok(template::render(&self.command, &values))
+    /// Checks `args` against the rules and renders the argv, with a marker where each path
+    /// value goes and the path values to resolve where the call runs
+    /// ([`super::paths`]). Nothing runs.
+    pub fn render(
+        &self,
+        args: Option<&Map<String, Value>>,
+    ) -> Result<(Vec<String>, Vec<PathArg>), Vec<ArgError>> {
+        let mut values = params::check_args(&self.params, args)?;
+        let paths = paths::extract(&self.params, &mut values);
+        Ok((template::render(&self.command, &values), paths))
     }
 }
 

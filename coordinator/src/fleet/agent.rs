@@ -78,6 +78,7 @@ impl Status {
                 .as_ref()
                 .is_none_or(|g| g.is_match(&tool.name))
             && (tool.container.is_none() || self.features.iter().any(|f| f == "docker"))
+            && (!tool.takes_paths() || self.features.iter().any(|f| f == "path-args"))
     }
 
     /// Its load: the busier count (calls this coordinator has in flight on it, or the

@@ -50,7 +50,7 @@ fn exited(code: i32, stdout: &str) -> Outcome {
 
 #[test]
 fn a_zero_exit_is_a_success_carrying_stdout() {
-    let r = tool_result(&strict_tool(), &exited(0, "hello\n"), None);
+    let r = tool_result(&strict_tool(), &exited(0, "hello\n"), None, None);
     assert_eq!(r.is_error, Some(false));
     assert_eq!(text(&r), "hello\n");
     assert_eq!(
@@ -58,9 +58,10 @@ fn a_zero_exit_is_a_success_carrying_stdout() {
         Some(json!({
             "exit_code": 0,
             "signal": null,
-            "stdout": "hello\n",
-            "stderr": "",
+            "stdout_bytes": 6,
+            "stderr_bytes": 0,
             "truncated": false,
+            "cut_to_fit": false,
             "timed_out": false,
             "oom_killed": false,
             "duration_ms": 12
@@ -70,14 +71,14 @@ fn a_zero_exit_is_a_success_carrying_stdout() {
 
 #[test]
 fn an_exit_code_in_ok_exit_codes_is_a_success_without_a_note() {
-    let r = tool_result(&strict_tool(), &exited(1, "no match\n"), None);
+    let r = tool_result(&strict_tool(), &exited(1, "no match\n"), None, None);
     assert_eq!(r.is_error, Some(false));
     assert_eq!(text(&r), "no match\n");
 }
 
 #[test]
 fn an_exit_code_outside_ok_exit_codes_is_an_error_that_names_the_code() {
-    let r = tool_result(&strict_tool(), &exited(2, "out\n"), None);
+    let r = tool_result(&strict_tool(), &exited(2, "out\n"), None, None);
     assert_eq!(r.is_error, Some(true));
     assert!(text(&r).starts_with("out\n"), "{}", text(&r));
     assert!(
@@ -88,7 +89,7 @@ fn an_exit_code_outside_ok_exit_codes_is_an_error_that_names_the_code() {
     assert_eq!(r.structured_content.unwrap()["exit_code"], json!(2));
 
     let default_codes = first_tool("tools:\n  - {name: t, command: [/bin/true]}\n");
-    let r = tool_result(&default_codes, &exited(1, ""), None);
+    let r = tool_result(&default_codes, &exited(1, ""), None, None);
     assert_eq!(r.is_error, Some(true), "only 0 is good by default");
     assert_eq!(text(&r), "\n[mcpfier] exit code 1");
 }
@@ -99,7 +100,7 @@ fn death_by_signal_is_an_error_that_names_the_signal() {
         signal: Some(9),
         ..Outcome::default()
     };
-    let r = tool_result(&strict_tool(), &outcome, None);
+    let r = tool_result(&strict_tool(), &outcome, None, None);
     assert_eq!(r.is_error, Some(true));
     assert_eq!(text(&r), "\n[mcpfier] killed by signal 9");
     let s = r.structured_content.unwrap();
@@ -113,7 +114,7 @@ fn a_timeout_is_an_error_even_when_the_exit_code_is_good() {
         timed_out: true,
         ..exited(0, "partial\n")
     };
-    let r = tool_result(&strict_tool(), &outcome, None);
+    let r = tool_result(&strict_tool(), &outcome, None, None);
     assert_eq!(r.is_error, Some(true));
     assert_eq!(
         text(&r),
@@ -130,7 +131,7 @@ fn an_oom_kill_is_an_error_and_is_named_over_the_timeout_it_caused() {
         signal: Some(9),
         ..Outcome::default()
     };
-    let r = tool_result(&strict_tool(), &outcome, None);
+    let r = tool_result(&strict_tool(), &outcome, None, None);
     assert_eq!(r.is_error, Some(true));
     assert_eq!(
         text(&r),
@@ -142,7 +143,7 @@ fn an_oom_kill_is_an_error_and_is_named_over_the_timeout_it_caused() {
         oom_killed: true,
         ..exited(0, "")
     };
-    let r = tool_result(&strict_tool(), &oom_with_good_code, None);
+    let r = tool_result(&strict_tool(), &oom_with_good_code, None, None);
     assert_eq!(r.is_error, Some(true));
 }
 
@@ -158,7 +159,7 @@ fn cut_output_is_noted_but_does_not_fail_the_call() {
             ..exited(0, "aaaa")
         },
     ] {
-        let r = tool_result(&strict_tool(), &outcome, None);
+        let r = tool_result(&strict_tool(), &outcome, None, None);
         assert_eq!(r.is_error, Some(false));
         assert!(
             text(&r).ends_with("\n[mcpfier] output was cut at 1KiB per stream (max_output)"),
@@ -172,7 +173,7 @@ fn cut_output_is_noted_but_does_not_fail_the_call() {
         stdout_truncated: true,
         ..exited(3, "aaaa")
     };
-    let r = tool_result(&strict_tool(), &cut_and_failed, None);
+    let r = tool_result(&strict_tool(), &cut_and_failed, None, None);
     assert_eq!(r.is_error, Some(true));
     assert_eq!(
         text(&r),
@@ -188,23 +189,71 @@ fn stderr_follows_stdout_under_its_own_heading() {
     };
     let t = strict_tool();
     assert_eq!(
-        text(&tool_result(&t, &with("partial"), None)),
+        text(&tool_result(&t, &with("partial"), None, None)),
         "partial\n--- stderr ---\nwarning: x\n",
         "a stdout without a final newline gets one before the heading"
     );
     assert_eq!(
-        text(&tool_result(&t, &with("line\n"), None)),
+        text(&tool_result(&t, &with("line\n"), None, None)),
         "line\n--- stderr ---\nwarning: x\n"
     );
     assert_eq!(
-        text(&tool_result(&t, &with(""), None)),
+        text(&tool_result(&t, &with(""), None, None)),
         "--- stderr ---\nwarning: x\n"
     );
-    let r = tool_result(&t, &with("line\n"), None);
+    let r = tool_result(&t, &with("line\n"), None, None);
     assert_eq!(r.is_error, Some(false), "stderr alone is not a failure");
+    assert_eq!(r.structured_content.unwrap()["stderr_bytes"], json!(11));
+}
+
+#[test]
+fn a_budget_cuts_the_output_so_its_json_encoding_fits_and_says_so() {
+    let budget = 10_000;
+    let encoded = |r: &CallToolResult| serde_json::to_string(text(r)).unwrap().len();
+    // Quotes and newlines take two bytes encoded, control characters six, `é` two.
+    for stdout in [
+        "x".repeat(50_000),
+        "\"\n".repeat(20_000),
+        "\u{1}é".repeat(9_000),
+    ] {
+        let outcome = Outcome {
+            stderr: "e".repeat(20_000).into_bytes(),
+            ..exited(0, &stdout)
+        };
+        let r = tool_result(&strict_tool(), &outcome, None, Some(budget));
+        assert!(encoded(&r) <= budget, "{} > {budget}", encoded(&r));
+        let t = text(&r);
+        assert!(
+            t.contains("[mcpfier] output cut to fit one HTTP response"),
+            "{t}"
+        );
+        let (out, rest) = t.split_once("--- stderr ---\n").unwrap();
+        assert!(
+            stdout.starts_with(out.trim_end_matches('\n')),
+            "stdout is a prefix"
+        );
+        let err = rest.split("\n[mcpfier]").next().unwrap();
+        let err_json = serde_json::to_string(err).unwrap().len() - 2;
+        assert!(
+            (budget / 5..=budget / 4).contains(&err_json),
+            "stderr keeps a quarter of what the notes leave: {err_json}"
+        );
+        let s = r.structured_content.unwrap();
+        assert_eq!(s["cut_to_fit"], json!(true));
+        assert_eq!(s["stdout_bytes"], json!(stdout.len()), "what was captured");
+    }
+    // Small stdout: stderr may use the rest of the budget.
+    let outcome = Outcome {
+        stderr: "e".repeat(6_000).into_bytes(),
+        ..exited(0, "short\n")
+    };
+    let r = tool_result(&strict_tool(), &outcome, None, Some(budget));
+    assert_eq!(r.structured_content.unwrap()["cut_to_fit"], json!(false));
+    // Within the budget nothing changes; without one nothing is cut.
+    let big = exited(0, &"y".repeat(50_000));
     assert_eq!(
-        r.structured_content.unwrap()["stderr"],
-        json!("warning: x\n")
+        text(&tool_result(&strict_tool(), &big, None, None)).len(),
+        50_000
     );
 }
 
@@ -219,15 +268,28 @@ fn structured_content_names_the_agent_only_when_an_agent_ran_the_call() {
 }
 
 #[test]
-fn structured_content_replaces_invalid_utf8_and_has_every_required_field() {
+fn structured_content_counts_the_output_bytes_and_has_every_required_field() {
     let outcome = Outcome {
         stdout: b"ok \xff\xfe end".to_vec(),
         stderr: b"\xc3".to_vec(),
         ..exited(0, "")
     };
     let s = structured(&outcome, None);
-    assert_eq!(s["stdout"], json!("ok \u{fffd}\u{fffd} end"));
-    assert_eq!(s["stderr"], json!("\u{fffd}"));
+    assert_eq!(
+        s["stdout_bytes"],
+        json!(9),
+        "the bytes captured, not their text"
+    );
+    assert_eq!(s["stderr_bytes"], json!(1));
+    assert!(
+        s.get("stdout").is_none(),
+        "the output is carried once, as text"
+    );
+    let r = tool_result(&strict_tool(), &outcome, None, None);
+    assert_eq!(
+        text(&r),
+        "ok \u{fffd}\u{fffd} end\n--- stderr ---\n\u{fffd}"
+    );
     let schema = output_schema();
     for field in schema["required"].as_array().unwrap() {
         let field = field.as_str().unwrap();
@@ -589,7 +651,7 @@ async fn a_client_initializes_lists_closed_schemas_and_calls_echo() {
     assert_eq!(r.is_error, Some(false), "{r:?}");
     assert_eq!(text(&r), "hi\n");
     let structured = r.structured_content.unwrap();
-    assert_eq!(structured["stdout"], json!("hi\n"));
+    assert_eq!(structured["stdout_bytes"], json!(3));
     assert_eq!(structured["exit_code"], json!(0));
     s.close().await;
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use mcpfier_tests::{
-    Agent, Certs, Coordinator, Scratch, containers_with_label, drive_http, result_text as text,
-    test_image, test_image_without_tmp, wait_for,
+    Agent, Certs, Coordinator, Scratch, containers_with_label, drive_http, result_stderr,
+    result_stdout, result_text as text, test_image, test_image_without_tmp, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -75,10 +75,7 @@ fn call(c: &Coordinator, name: &str) -> Value {
 }
 
 fn stdout(r: &Value) -> String {
-    r["structured_content"]["stdout"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    result_stdout(r)
 }
 
 fn assert_no_containers(tool: &str) {
@@ -111,13 +108,7 @@ fn inside_the_container_the_caller_is_nobody_without_capabilities_network_or_a_w
     let r = call(&c, "write-root");
     assert_eq!(r["is_error"], true, "{r}");
     assert_eq!(stdout(&r), "tmp-ok\n");
-    assert!(
-        r["structured_content"]["stderr"]
-            .as_str()
-            .unwrap()
-            .contains("Read-only file system"),
-        "{r}"
-    );
+    assert!(result_stderr(&r).contains("Read-only file system"), "{r}");
     let devs = stdout(&call(&c, "interfaces"));
     let names: Vec<_> = devs
         .lines()
@@ -146,10 +137,7 @@ fn an_image_without_its_own_tmp_gets_a_tmp_everyone_can_write() {
 fn a_fork_bomb_hits_the_pids_limit_and_a_memory_hog_is_oom_killed() {
     let (_s, c) = embedded();
     let r = call(&c, "forkbomb");
-    let err = r["structured_content"]["stderr"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let err = result_stderr(&r);
     assert!(
         err.contains("can't fork") || err.contains("Resource temporarily unavailable"),
         "{r}"
@@ -242,7 +230,7 @@ fn fifty_concurrent_container_calls_leave_nothing_behind() {
     assert_eq!(results.len(), 50);
     for r in results {
         assert_eq!(r["is_error"], false, "{r}");
-        assert_eq!(r["structured_content"]["stdout"], "quick\n");
+        assert_eq!(result_stdout(r), "quick\n");
     }
     assert_no_containers("quick");
     // No zombie children of the coordinator.

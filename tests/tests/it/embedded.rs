@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use mcpfier_tests::{
-    Coordinator, Scratch, assert_all_gone, drive_http, drive_http_raw, read_pids, wait_for,
+    Coordinator, Scratch, assert_all_gone, drive_http, drive_http_raw, read_pids, result_stdout,
+    wait_for,
 };
 use serde_json::{Value, json};
 
@@ -44,10 +45,7 @@ fn each_in_process_call_runs_in_a_cgroup_that_is_empty_when_it_ends() {
     for _ in 0..2 {
         let r = call(&c, "where", json!({}));
         assert_eq!(r["is_error"], false, "{r}");
-        let text = r["structured_content"]["stdout"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let text = result_stdout(&r);
         let cgroup = text
             .lines()
             .find_map(|l| l.strip_prefix("0::"))

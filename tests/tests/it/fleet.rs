@@ -9,7 +9,7 @@ use mcpfier_common::tls::{self, Identity, Role, TlsFiles};
 use mcpfier_proto::v1::{self, agent_client::AgentClient, execute_event::Event};
 use mcpfier_tests::{
     Agent, Certs, Coordinator, Scratch, assert_all_gone, drive_http, drive_http_raw, drive_stdio,
-    read_pids, result_text as text,
+    read_pids, result_stdout, result_text as text,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -125,7 +125,7 @@ fn calls_spread_over_both_agents_and_say_where_they_ran() {
         .enumerate()
         .map(|(i, r)| {
             assert_eq!(r["is_error"], false, "{r}");
-            assert_eq!(r["structured_content"]["stdout"], format!("m{i}\n"));
+            assert_eq!(result_stdout(r), format!("m{i}\n"));
             r["structured_content"]["agent"]
                 .as_str()
                 .unwrap()
@@ -333,7 +333,7 @@ fn an_idempotent_call_survives_losing_its_agent() {
     runner.process.kill9();
     let r = driver.join().unwrap();
     assert_eq!(r["is_error"], false, "{r}");
-    assert_eq!(r["structured_content"]["stdout"], "done\n");
+    assert_eq!(result_stdout(&r), "done\n");
     assert_ne!(r["structured_content"]["agent"], lost.as_str());
 }
 
@@ -633,9 +633,7 @@ fn eight_mebibytes_of_output_cross_the_wire_and_the_agent_stays_routable() {
         {"op": "call", "name": "big", "arguments": {}}
     ]);
     for r in drive_stdio(&config, &[], &[], ops).results {
-        let out = r["structured_content"]["stdout"]
-            .as_str()
-            .unwrap_or_default();
+        let out = result_stdout(&r);
         assert_eq!(
             out.len(),
             8 << 20,

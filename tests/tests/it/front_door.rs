@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mcpfier_tests::{
     Coordinator, EtcdCerts, Reply, Scratch, drive_http_as, drive_http_ok_as, http_exchange,
-    mcpfier_cli, new_key, result_text, wait_for,
+    mcpfier_cli, new_key, result_stdout, result_text, wait_for,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -195,11 +195,7 @@ fn over_https_a_key_holder_sees_and_calls_only_what_its_roles_allow() {
     );
     let names = tool_names(&results[0]);
     assert_eq!(names, ["echo-a", "echo-b"], "{}", results[0]);
-    assert_eq!(
-        results[1]["structured_content"]["stdout"], "a hi\n",
-        "{}",
-        results[1]
-    );
+    assert_eq!(result_stdout(&results[1]), "a hi\n", "{}", results[1]);
     // A denied tool and a tool that does not exist get the same answer, naming only what
     // the caller may call.
     let denied = serde_json::to_string(&results[2]).unwrap();
@@ -618,7 +614,7 @@ fn oauth_tokens_are_verified_as_a_resource_server_must_and_every_forgery_gets_40
     );
     let names = tool_names(&results[0]);
     assert_eq!(names, ["echo-a", "echo-b", "echo-deploy"]);
-    assert_eq!(results[1]["structured_content"]["stdout"], "a tok\n");
+    assert_eq!(result_stdout(&results[1]), "a tok\n");
 
     let metadata =
         "resource_metadata=\"https://mcp.test/.well-known/oauth-protected-resource/mcp\"";
@@ -868,7 +864,7 @@ fn the_audit_file_records_calls_and_refusals_as_a_chain_that_verify_checks() {
             {"op": "call", "name": "echo-a", "arguments": {"m": 7}},
         ]),
     );
-    assert_eq!(results[0]["structured_content"]["stdout"], "a audited\n");
+    assert_eq!(result_stdout(&results[0]), "a audited\n");
     let r = post(&c.addr, &[("Authorization", "Bearer mcpf_wrong")], INIT);
     assert_eq!(r.status, 401);
     let verify = |file: &Path| mcpfier_cli(&["audit", "verify", file.to_str().unwrap()], &[]);

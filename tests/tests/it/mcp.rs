@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mcpfier_tests::{
     Coordinator, Scratch, assert_all_gone, drive_http, drive_stdio, http_request, read_pids,
-    result_text as text,
+    result_stderr, result_stdout, result_text as text,
 };
 use serde_json::{Value, json};
 
@@ -49,6 +49,11 @@ tools:
     command: ["/bin/sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.3; done"]
   - name: fails
     command: ["/bin/sh", "-c", "echo oops >&2; exit 3"]
+  - name: plain-700k
+    command: ["/bin/sh", "-c", "head -c 700000 /dev/zero | tr '\\0' x"]
+  - name: quotes-at-cap
+    description: A full max_output of quotes (two bytes each in JSON) and some stderr
+    command: ["/bin/sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' '\"'; head -c 300000 /dev/zero | tr '\\0' e >&2"]
 "#;
 
 const SECRET: &str = "hunter2-not-for-logs";
@@ -118,7 +123,9 @@ fn lists_tools_with_their_schemas(t: Transport) {
             "env-dump",
             "uses-secret",
             "lines",
-            "fails"
+            "fails",
+            "plain-700k",
+            "quotes-at-cap"
         ]
     );
     let touch = &tools[1];
@@ -139,9 +146,10 @@ fn lists_tools_with_their_schemas(t: Transport) {
     let output = &touch["outputSchema"];
     for field in [
         "exit_code",
-        "stdout",
-        "stderr",
+        "stdout_bytes",
+        "stderr_bytes",
         "truncated",
+        "cut_to_fit",
         "timed_out",
         "duration_ms",
     ] {
@@ -166,7 +174,7 @@ fn a_valid_call_runs_and_returns_structured_content(t: Transport) {
     let r = f.call("fails", json!({}));
     assert_eq!(r["is_error"], true, "{r}");
     assert_eq!(r["structured_content"]["exit_code"], 3);
-    assert_eq!(r["structured_content"]["stderr"], "oops\n");
+    assert_eq!(result_stderr(&r), "oops\n");
     assert!(text(&r).contains("oops"), "{r}");
 }
 
@@ -224,7 +232,7 @@ fn injection_attempts_stay_literal(t: Transport) {
         let attempt = attempt.replace("@DIR@", &f.scratch.path().display().to_string());
         assert_eq!(r["is_error"], false, "{r}");
         assert_eq!(
-            r["structured_content"]["stdout"],
+            result_stdout(r),
             format!("[{attempt}]\n"),
             "the value must arrive as exactly one argument"
         );
@@ -268,7 +276,7 @@ fn output_past_the_cap_is_cut(t: Transport) {
     let r = f.call("big-output", json!({}));
     let s = &r["structured_content"];
     assert_eq!(s["truncated"], true, "{r}");
-    assert_eq!(s["stdout"].as_str().unwrap().len(), 1024);
+    assert_eq!(result_stdout(&r).len(), 1024);
     assert_eq!(s["exit_code"], 0);
     assert!(text(&r).contains("output was cut at 1KiB"), "{r}");
 }
@@ -276,10 +284,7 @@ fn output_past_the_cap_is_cut(t: Transport) {
 fn the_child_sees_only_its_own_environment(t: Transport) {
     let f = Fixture::new(t);
     let r = f.call("env-dump", json!({}));
-    let stdout = r["structured_content"]["stdout"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let stdout = result_stdout(&r);
     let mut vars: Vec<_> = stdout
         .lines()
         .map(|l| l.split('=').next().unwrap())
@@ -317,6 +322,52 @@ fn output_arrives_as_progress_notifications(t: Transport) {
     );
 }
 
+/// The official client takes one server-sent event of at most 1 MiB: over HTTP a result is
+/// cut to fit it, with a note, and over stdio it carries all the output.
+fn results_near_max_output_reach_the_client(t: Transport) {
+    let f = Fixture::new(t);
+    let results = f.run(json!([
+        {"op": "call", "name": "plain-700k", "arguments": {}},
+        {"op": "call", "name": "quotes-at-cap", "arguments": {}}
+    ]));
+    let plain = &results[0];
+    assert_eq!(plain["is_error"], false, "{}", text(plain));
+    assert_eq!(result_stdout(plain), "x".repeat(700_000), "once, whole");
+    let quotes = &results[1];
+    assert_eq!(quotes["is_error"], false, "{}", text(quotes));
+    let s = &quotes["structured_content"];
+    assert_eq!(s["stdout_bytes"], 1 << 20);
+    assert_eq!(s["stderr_bytes"], 300_000);
+    assert_eq!(s["truncated"], false);
+    let body = quotes["text"][0].as_str().unwrap();
+    match t {
+        Transport::Stdio => {
+            assert_eq!(s["cut_to_fit"], false);
+            assert_eq!(result_stdout(quotes), "\"".repeat(1 << 20));
+            assert_eq!(result_stderr(quotes), "e".repeat(300_000));
+        }
+        Transport::Http => {
+            assert_eq!(s["cut_to_fit"], true);
+            let encoded = serde_json::to_string(body).unwrap().len();
+            assert!(encoded <= 1_000_000, "{encoded} bytes encoded");
+            let (out, rest) = body.split_once("--- stderr ---\n").unwrap();
+            let out = out.trim_end_matches('\n');
+            assert!(
+                out.len() > 300_000 && out.bytes().all(|b| b == b'"'),
+                "{}",
+                out.len()
+            );
+            let err = rest.split('\n').next().unwrap();
+            assert!(err.len() > 200_000 && err.bytes().all(|b| b == b'e'));
+            assert!(
+                body.contains("[mcpfier] output cut to fit one HTTP response"),
+                "{}",
+                &body[body.len() - 300..]
+            );
+        }
+    }
+}
+
 macro_rules! both_transports {
     ($($name:ident),* $(,)?) => {
         mod stdio {
@@ -338,6 +389,7 @@ both_transports!(
     output_past_the_cap_is_cut,
     the_child_sees_only_its_own_environment,
     output_arrives_as_progress_notifications,
+    results_near_max_output_reach_the_client,
 );
 
 #[test]
@@ -390,17 +442,14 @@ fn a_client_on_protocol_2025_06_18_is_served() {
 fn secrets_never_reach_the_logs() {
     let f = Fixture::new(Transport::Http);
     let r = f.call("uses-secret", json!({}));
-    assert_eq!(r["structured_content"]["stdout"], "token-present\n", "{r}");
+    assert_eq!(result_stdout(&r), "token-present\n", "{r}");
     let stdio = drive_stdio(
         &f.config,
         &env(),
         &["--log", "trace"],
         json!([{"op": "call", "name": "uses-secret", "arguments": {}}]),
     );
-    assert_eq!(
-        stdio.results[0]["structured_content"]["stdout"],
-        "token-present\n"
-    );
+    assert_eq!(result_stdout(&stdio.results[0]), "token-present\n");
     let http_log = f.coordinator.as_ref().unwrap().log_text();
     assert!(
         http_log.contains("call finished"),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use mcpfier_tests::{
     Agent, Certs, Coordinator, EtcdServer, Scratch, drive_http, get_json, mcpfier_cli, read_pids,
-    wait_for,
+    result_stdout, wait_for,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -267,7 +267,7 @@ fn idempotent_calls_during_a_failover_all_succeed() {
     let results = driver.join().unwrap();
     for r in &results {
         assert_eq!(r["is_error"], false, "{r}");
-        assert_eq!(r["structured_content"]["stdout"], "ok\n");
+        assert_eq!(result_stdout(r), "ok\n");
     }
 }
 
@@ -366,7 +366,7 @@ fn drain_finishes_running_calls_and_takes_no_new_ones() {
     }
     let r = driver.join().unwrap();
     assert_eq!(r["is_error"], false, "{r}");
-    assert_eq!(r["structured_content"]["stdout"], "finished\n");
+    assert_eq!(result_stdout(&r), "finished\n");
     assert_eq!(agent_of(&r), busy);
     let agent = f.agent(busy);
     let code =

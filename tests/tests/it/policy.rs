@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use mcpfier_exec::{ContainerSpec, ErrorKind, Execution, Pull, wire};
 use mcpfier_proto::v1::{self, agent_client::AgentClient, execute_event::Event};
-use mcpfier_tests::{Agent, Certs, Scratch, containers_with_label, test_image};
+use mcpfier_tests::{Agent, Certs, Scratch, containers_with_label, read_lines, test_image};
 
 struct Target {
     _scratch: Scratch,
@@ -74,11 +74,7 @@ impl Target {
     }
 
     fn ledger(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.ledger)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        read_lines(&self.ledger)
     }
 
     /// Sends `req` and follows it to its end: the command's exit code, or the refusal.

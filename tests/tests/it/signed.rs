@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use mcpfier_exec::{ErrorKind, Execution, wire};
-use mcpfier_proto::v1::{agent_client::AgentClient, execute_event::Event};
+use mcpfier_proto::v1::{Finished, agent_client::AgentClient, execute_event::Event};
 use mcpfier_tests::{Agent, Certs, Coordinator, Scratch, drive_http, mcpfier_cli, result_text};
 use serde_json::json;
 
@@ -153,13 +153,32 @@ fn only_signed_tools_with_valid_arguments_run_on_an_agent_that_requires_signatur
 }
 
 /// A raw client holding the coordinator's certificate: what a thief of that key can send.
-struct Thief {
-    rt: tokio::runtime::Runtime,
-    client: AgentClient<tonic::transport::Channel>,
+/// What a stolen coordinator key allows: Execute requests of its own making, straight to an
+/// agent.
+pub(crate) struct Thief {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) client: AgentClient<tonic::transport::Channel>,
 }
 
 impl Thief {
-    fn send(&self, tool: &str, exec: &Execution, call_id: &str) -> Result<String, tonic::Status> {
+    /// Sends `exec` as a call of `tool`; its output, or the agent's refusal.
+    pub(crate) fn send(
+        &self,
+        tool: &str,
+        exec: &Execution,
+        call_id: &str,
+    ) -> Result<String, tonic::Status> {
+        self.send_finished(tool, exec, call_id).map(|(out, _)| out)
+    }
+
+    /// Like [`Thief::send`], with the call's `Finished` event (which carries an error that
+    /// came after the agent accepted the call).
+    pub(crate) fn send_finished(
+        &self,
+        tool: &str,
+        exec: &Execution,
+        call_id: &str,
+    ) -> Result<(String, Finished), tonic::Status> {
         let mut client = self.client.clone();
         let req = wire::request(exec, call_id, "r", tool);
         self.rt.block_on(async move {
@@ -171,7 +190,9 @@ impl Thief {
             while let Some(event) = stream.next().await {
                 match event?.event {
                     Some(Event::Output(o)) => out.extend_from_slice(&o.data),
-                    Some(Event::Finished(_)) => return Ok(String::from_utf8_lossy(&out).into()),
+                    Some(Event::Finished(f)) => {
+                        return Ok((String::from_utf8_lossy(&out).into(), f));
+                    }
                     _ => {}
                 }
             }

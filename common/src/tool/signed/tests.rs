@@ -26,7 +26,7 @@ fn a_signed_definition_verifies_and_renders_checked_arguments() {
     let compiled = verifier.verify("greet", &bytes, &signature).unwrap();
     let args = json!({"who": "world"});
     assert_eq!(
-        compiled.render(args.as_object()).unwrap(),
+        compiled.render(args.as_object()).unwrap().0,
         ["/bin/echo", "hello", "world"]
     );
     let bad = json!({"who": "x; id"});
