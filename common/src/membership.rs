@@ -168,6 +168,11 @@ pub fn agent_key(prefix: &str, id: &str) -> String {
     format!("{}{id}", agents_prefix(prefix))
 }
 
+/// `<prefix>/audit/<chain>`: the head (last `seq` and hash) of a coordinator's audit chain.
+pub fn audit_head_key(prefix: &str, chain: &str) -> String {
+    format!("{}/audit/{chain}", prefix.trim_end_matches('/'))
+}
+
 /// Whether `prefix` can be a key prefix: absolute, no trailing slash needed.
 pub fn valid_prefix(prefix: &str) -> bool {
     prefix.starts_with('/') && prefix.len() > 1 && !prefix.contains("//")
@@ -435,6 +440,30 @@ impl Etcd {
             .watch(agent_key(prefix, id), None)
             .await
             .map_err(|e| self.err(e))
+    }
+
+    /// Writes the head of audit chain `chain` (a JSON value), with no lease: it outlives the
+    /// coordinator, so a file cut while it was down is still caught.
+    pub async fn put_audit_head(&self, prefix: &str, chain: &str, head: &str) -> Result<(), Error> {
+        self.client
+            .clone()
+            .put(audit_head_key(prefix, chain), head, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The head of audit chain `chain` as last written, if any.
+    pub async fn audit_head(&self, prefix: &str, chain: &str) -> Result<Option<String>, Error> {
+        let r = self
+            .client
+            .clone()
+            .get(audit_head_key(prefix, chain), None)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// The lease agent `id`'s key is on (0: none), or `None` when there is no such key.

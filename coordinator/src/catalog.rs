@@ -79,8 +79,8 @@ pub struct Catalog {
     pub tls: Option<ServerTls>,
     /// `server.auth` and `roles`, checked.
     pub access: Arc<crate::access::Access>,
-    /// `server.audit.path`, resolved against the config file's directory.
-    pub audit: Option<PathBuf>,
+    /// `server.audit`, its path resolved against the config file's directory.
+    pub audit: Option<crate::audit::Settings>,
     /// What is allowed but probably not meant (`validate` prints them; lines are filled in
     /// by [`parse`]).
     pub warnings: Vec<Problem>,
@@ -357,7 +357,17 @@ impl Catalog {
             }
         }
         access.compile_args(&config.roles, &tools, &mut problems);
-        let audit = config.server.audit.as_ref().map(|a| base.join(&a.path));
+        let audit = config.server.audit.as_ref().map(|a| {
+            let path = base.join(&a.path);
+            crate::audit::Settings {
+                chain: a
+                    .chain
+                    .clone()
+                    .unwrap_or_else(|| crate::audit::default_chain(&path)),
+                path,
+                rotate_size: a.rotate_size.map(|b| b.bytes()),
+            }
+        });
         match listen {
             Some(listen) if problems.is_empty() => Ok(Catalog {
                 audit,

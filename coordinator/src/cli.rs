@@ -159,10 +159,23 @@ pub enum Client {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of an audit file.
+    /// Check the hash chain of an audit file, with its rotated files.
+    #[command(
+        after_help = "`mcpfier audit verify audit.jsonl` checks audit.jsonl.<seq> (the rotated files, oldest first) and then audit.jsonl.\nSeveral files are checked in the order given, as one chain.\n`mcpfier --config mcpfier.yaml audit verify --etcd audit.jsonl` also checks that the files reach the head etcd holds.\nExit status: 0 when the chain is intact, 1 naming the first line changed, removed or reordered."
+    )]
     Verify {
-        /// The audit file.
-        file: PathBuf,
+        /// The live audit file (its rotated files are found beside it), or the files of one
+        /// chain, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The oldest file may continue a chain whose start was removed on purpose (old
+        /// rotated files deleted).
+        #[arg(long)]
+        partial: bool,
+        /// Also check the chain against the head the coordinator keeps in etcd (from the
+        /// config's fleet.etcd and server.audit), so cut newest lines are caught too.
+        #[arg(long)]
+        etcd: bool,
     },
 }
 

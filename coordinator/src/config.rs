@@ -167,6 +167,15 @@ pub struct AuditSection {
     /// The file (JSON lines; relative to the config file's directory), created mode 0600.
     /// Each line is on disk (fdatasync) before the call's answer is sent.
     pub path: PathBuf,
+    /// Rotate the file once it holds this much (e.g. `100MiB`): it is renamed
+    /// `<path>.<first seq, 12 digits>` and the chain goes on in a new file. Default: never.
+    #[serde(default)]
+    pub rotate_size: Option<ByteSize>,
+    /// With `fleet.etcd`, the chain's head (last seq and hash) is kept at
+    /// `<prefix>/audit/<chain>`, so cutting the newest lines is caught by `mcpfier audit
+    /// verify --etcd`. Default: this host's name and the file's absolute path.
+    #[serde(default)]
+    pub chain: Option<String>,
 }
 
 /// `server.auth`: how callers prove who they are. Every request to the HTTP server, `/mcp`

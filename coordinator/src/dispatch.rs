@@ -112,9 +112,21 @@ impl Dispatcher {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let audit = match &catalog.audit {
-            Some(path) => Some(Arc::new(crate::audit::Audit::open(path)?)),
+            Some(settings) => Some(Arc::new(crate::audit::Audit::open(settings.clone())?)),
             None => None,
         };
+        if let (Some(audit), Some(settings), Some(etcd)) = (
+            &audit,
+            &catalog.audit,
+            catalog.fleet.as_ref().and_then(|f| f.etcd.as_ref()),
+        ) {
+            tasks.spawn(crate::audit::publish_head(
+                audit.clone(),
+                etcd.clone(),
+                settings.chain.clone(),
+                shutdown.clone(),
+            ));
+        }
         let mut executor = Executor::new(embedded_owner());
         let mut lifeline = None;
         let fleet = match &catalog.fleet {

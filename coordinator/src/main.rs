@@ -176,14 +176,50 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
             }
         },
         Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => match mcpfier_coordinator::audit::verify(file) {
-            Ok(lines) => println!("{}: intact, {lines} lines", file.display()),
-            Err(e) => {
-                eprintln!("{}: {e:#}", file.display());
-                return Ok(ExitCode::FAILURE);
+            command:
+                AuditCommand::Verify {
+                    files,
+                    partial,
+                    etcd,
+                },
+        } => {
+            let expect = if *etcd {
+                match etcd_head(&cli, &env).await {
+                    Ok(head) => head,
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            } else {
+                None
+            };
+            let files = match files.as_slice() {
+                [live] => mcpfier_coordinator::audit::chain_files(live)
+                    .with_context(|| format!("list the audit files of {}", live.display()))?,
+                several => several.to_vec(),
+            };
+            let shown = files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            match mcpfier_coordinator::audit::verify(&files, *partial, expect.as_ref()) {
+                Ok(v) => {
+                    println!(
+                        "{shown}: intact, {} lines (seq {} to {}, head {})",
+                        v.lines, v.first_seq, v.head.seq, v.head.hash
+                    );
+                    if let Some(h) = &expect {
+                        println!("the chain reaches the head etcd holds, seq {}", h.seq);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    return Ok(ExitCode::FAILURE);
+                }
             }
-        },
+        }
         Command::Keys {
             command: KeysCommand::New { id, roles },
         } => {
@@ -508,6 +544,34 @@ fn print_tool(tool: &Tool) {
         let desc = p.spec.description.as_deref().unwrap_or("");
         println!("    {} ({kind}, {need}) {desc}", p.name);
     }
+}
+
+/// The head of the config's audit chain as etcd holds it (`None`: etcd has none yet).
+async fn etcd_head(
+    cli: &Cli,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<Option<mcpfier_coordinator::audit::Head>> {
+    let (_, catalog) = load(cli, env)?;
+    let chain = &catalog
+        .audit
+        .as_ref()
+        .context("--etcd needs server.audit in the config")?
+        .chain;
+    let etcd = catalog
+        .fleet
+        .as_ref()
+        .and_then(|f| f.etcd.as_ref())
+        .context("--etcd needs fleet.etcd in the config")?;
+    let client =
+        mcpfier_common::membership::Etcd::connect_with(&etcd.endpoints, &etcd.access).await?;
+    let Some(text) = client.audit_head(&etcd.prefix, chain).await? else {
+        bail!(
+            "etcd holds no head for the audit chain `{chain}`: the coordinator has not published one"
+        );
+    };
+    mcpfier_coordinator::audit::Head::from_json(&text)
+        .with_context(|| format!("the head etcd holds for `{chain}`"))
+        .map(Some)
 }
 
 fn tool_and_args<'a>(

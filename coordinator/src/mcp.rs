@@ -441,7 +441,7 @@ impl Server {
     /// Appends a `call` line to the audit file (when there is one): who, which session and
     /// request, the tool, its arguments (secret parameters' values as their SHA-256; every
     /// value of a tool the caller can't see), and `fields` (outcome, exit code, ...).
-    fn record(
+    async fn record(
         &self,
         context: &RequestContext<RoleServer>,
         request: &CallToolRequestParams,
@@ -488,7 +488,7 @@ impl Server {
         if let Value::Object(extra) = fields {
             event.extend(extra);
         }
-        if let Err(e) = audit.record(event) {
+        if let Err(e) = audit.record(event).await {
             tracing::error!(error = %e, "the audit file can't be written: no more calls run");
         }
     }
@@ -530,7 +530,8 @@ impl Server {
             } else {
                 "unknown_tool"
             };
-            self.record(&context, &request, None, json!({"outcome": outcome}));
+            self.record(&context, &request, None, json!({"outcome": outcome}))
+                .await;
             let known: Vec<_> = catalog
                 .tools
                 .keys()
@@ -555,7 +556,8 @@ impl Server {
                     &request,
                     Some(tool),
                     json!({"outcome": "insufficient_scope", "reason": missing.join(" ")}),
-                );
+                )
+                .await;
                 return Ok(error_result(format!(
                     "`{}` needs the OAuth scope {}; ask for a token with it. Nothing was run",
                     tool.name,
@@ -573,7 +575,8 @@ impl Server {
                     &request,
                     Some(tool),
                     json!({"outcome": "invalid_arguments", "reason": list.join("; ")}),
-                );
+                )
+                .await;
                 return Ok(error_result(format!(
                     "invalid arguments, nothing was run: {}",
                     list.join("; ")
@@ -590,7 +593,8 @@ impl Server {
                 &request,
                 Some(tool),
                 json!({"outcome": "forbidden_arguments", "reason": why}),
-            );
+            )
+            .await;
             return Ok(error_result(format!(
                 "arguments not allowed for your roles, nothing was run: {why}"
             )));
@@ -605,7 +609,8 @@ impl Server {
                     &request,
                     Some(tool),
                     json!({"outcome": "rate_limited", "reason": refused.kind()}),
-                );
+                )
+                .await;
                 return Ok(rate_limited(&refused));
             }
         };
@@ -640,7 +645,7 @@ impl Server {
                 "duration_ms": duration_ms,
             }),
         };
-        self.record(&context, &request, Some(tool), fields);
+        self.record(&context, &request, Some(tool), fields).await;
         match result {
             Ok(Ran { outcome, agent }) => {
                 info!(

@@ -1,16 +1,37 @@
 //! The audit chain against every edit `verify` must catch: a changed, removed or swapped
-//! line, and a chain continued across a reopen.
+//! line or file, and a chain continued across a reopen, across rotations, and by many
+//! writers at once.
 
 use super::*;
 
-fn write(path: &Path, n: usize) {
-    let audit = Audit::open(path).unwrap();
-    for i in 0..n {
-        let mut e = Map::new();
-        e.insert("event".into(), json!("call"));
-        e.insert("tool".into(), json!(format!("t{i}")));
-        audit.record(e).unwrap();
+fn settings(path: &Path, rotate_size: Option<u64>) -> Settings {
+    Settings {
+        path: path.to_owned(),
+        rotate_size,
+        chain: "test".into(),
     }
+}
+
+fn event(i: usize) -> Map<String, Value> {
+    let mut e = Map::new();
+    e.insert("event".into(), json!("call"));
+    e.insert("tool".into(), json!(format!("t{i}")));
+    e
+}
+
+fn write_to(audit: &Audit, n: usize) {
+    for i in 0..n {
+        audit.submit(event(i)).blocking_recv().unwrap().unwrap();
+    }
+}
+
+fn write(path: &Path, n: usize) {
+    write_to(&Audit::open(settings(path, None)).unwrap(), n);
+}
+
+/// `verify` of one file.
+fn check(path: &Path) -> anyhow::Result<u64> {
+    verify(&[path.to_owned()], false, None).map(|v| v.lines)
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -26,7 +47,7 @@ fn save(path: &Path, lines: &[String]) {
 }
 
 fn refusal(path: &Path) -> String {
-    verify(path)
+    check(path)
         .expect_err("the edit was not caught")
         .to_string()
 }
@@ -37,7 +58,7 @@ fn an_intact_chain_verifies_and_continues_after_a_reopen() {
     let path = dir.path().join("audit.jsonl");
     write(&path, 3);
     write(&path, 2);
-    assert_eq!(verify(&path).unwrap(), 5);
+    assert_eq!(check(&path).unwrap(), 5);
     let all = lines(&path);
     let last: Value = serde_json::from_str(&all[4]).unwrap();
     assert_eq!(last["seq"], 5);
@@ -67,15 +88,15 @@ fn a_changed_removed_or_swapped_line_is_named() {
     let mut removed = good.clone();
     removed.remove(2);
     save(&path, &removed);
-    assert!(refusal(&path).starts_with("line 3 has seq 4 where 3 was next"));
+    assert!(refusal(&path).contains("line 3 has seq 4 where 3 was next"));
 
     let mut swapped = good.clone();
     swapped.swap(1, 2);
     save(&path, &swapped);
-    assert!(refusal(&path).starts_with("line 2 has seq 3 where 2 was next"));
+    assert!(refusal(&path).contains("line 2 has seq 3 where 2 was next"));
 
     save(&path, &good[1..]);
-    assert!(refusal(&path).starts_with("line 1 does not start a chain"));
+    assert!(refusal(&path).contains("line 1 does not start a chain"));
 
     let mut garbage = good.clone();
     garbage[3] = "not json".into();
@@ -83,7 +104,7 @@ fn a_changed_removed_or_swapped_line_is_named() {
     assert!(refusal(&path).contains("line 4 is not a JSON audit record"));
 
     save(&path, &good);
-    assert_eq!(verify(&path).unwrap(), 5);
+    assert_eq!(check(&path).unwrap(), 5);
 }
 
 #[test]
@@ -105,4 +126,131 @@ fn the_last_line_is_read_from_the_end_whatever_its_length() {
     text.push(b'\n');
     assert_eq!(last(&text), Some(long.clone()));
     assert_eq!(last(&long), Some(long));
+}
+
+#[test]
+fn rotation_keeps_one_chain_across_files_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    // About 90 bytes a line: a new file every few lines.
+    let audit = Audit::open(settings(&path, Some(300))).unwrap();
+    write_to(&audit, 10);
+    drop(audit);
+    let files = chain_files(&path).unwrap();
+    assert!(files.len() >= 3, "{files:?}");
+    assert_eq!(
+        files[0].file_name().unwrap(),
+        "audit.jsonl.000000000001",
+        "a rotated file is named by its first seq"
+    );
+    let v = verify(&files, false, None).unwrap();
+    assert_eq!((v.lines, v.first_seq, v.head.seq), (10, 1, 10));
+
+    // A reopen goes on from the newest file, rotated or live.
+    let audit = Audit::open(settings(&path, Some(300))).unwrap();
+    write_to(&audit, 5);
+    assert_eq!(audit.head().borrow().seq, 15);
+    drop(audit);
+    let files = chain_files(&path).unwrap();
+    assert_eq!(verify(&files, false, None).unwrap().lines, 15);
+
+    // A whole file removed, or two swapped, is named.
+    let without_second: Vec<_> = files
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, f)| f.clone())
+        .collect();
+    let e = verify(&without_second, false, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("where") && e.contains("was next"), "{e}");
+    let mut swapped = files.clone();
+    swapped.swap(0, 1);
+    let e = verify(&swapped, false, None).unwrap_err().to_string();
+    assert!(e.contains("does not start a chain"), "{e}");
+    // Old files removed on purpose: --partial accepts a chain that starts later.
+    let e = verify(&files[1..], false, None).unwrap_err().to_string();
+    assert!(e.contains("--partial"), "{e}");
+    let v = verify(&files[1..], true, None).unwrap();
+    assert!(v.first_seq > 1 && v.head.seq == 15, "{v:?}");
+    // A changed line in a rotated file breaks the link into the next file.
+    let mut first = lines(&files[0]);
+    let last = first.len() - 1;
+    first[last] = first[last].replace("\"call\"", "\"cal1\"");
+    save(&files[0], &first);
+    let e = verify(&files, false, None).unwrap_err().to_string();
+    assert!(
+        e.contains("does not carry the hash of the last line of the file before it"),
+        "{e}"
+    );
+}
+
+#[test]
+fn many_writers_at_once_make_one_gapless_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let audit = Arc::new(Audit::open(settings(&path, None)).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let audit = audit.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    audit
+                        .submit(event(t * 100 + i))
+                        .blocking_recv()
+                        .unwrap()
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Every acknowledged line is on disk when its caller hears back.
+    assert_eq!(check(&path).unwrap(), 400);
+    let mut tools: Vec<_> = lines(&path)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["tool"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    tools.sort();
+    tools.dedup();
+    assert_eq!(tools.len(), 400, "no line lost or written twice");
+}
+
+#[test]
+fn a_head_kept_elsewhere_catches_cut_lines_and_a_rewritten_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let audit = Audit::open(settings(&path, None)).unwrap();
+    write_to(&audit, 6);
+    let head = audit.head().borrow().clone();
+    assert_eq!(head.seq, 6);
+    assert_eq!(Head::from_json(&head.to_json()).unwrap(), head);
+    drop(audit);
+    let files = [path.clone()];
+    assert_eq!(verify(&files, false, Some(&head)).unwrap().head, head);
+    let good = lines(&path);
+    // The newest two lines cut: the file alone is still a valid chain, but not the head's.
+    save(&path, &good[..4]);
+    assert_eq!(check(&path).unwrap(), 4);
+    let e = verify(&files, false, Some(&head)).unwrap_err().to_string();
+    assert!(
+        e.contains("the newest lines were cut: the files end at seq 4"),
+        "{e}"
+    );
+    // The tail cut and written again from seq 5 with other content.
+    save(&path, &good[..4]);
+    write(&path, 2);
+    let e = verify(&files, false, Some(&head)).unwrap_err().to_string();
+    assert!(
+        e.contains("line 6 is not the line whose hash etcd holds"),
+        "{e}"
+    );
 }

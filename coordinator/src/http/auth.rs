@@ -108,7 +108,7 @@ impl Front {
     }
 
     /// Records a refused request in the audit file, when there is one.
-    fn record(
+    async fn record(
         &self,
         event: &str,
         principal: Option<&Principal>,
@@ -123,7 +123,7 @@ impl Front {
         e.insert("peer".into(), peer.map(|p| p.to_string()).into());
         e.insert("path".into(), path.into());
         e.insert("reason".into(), reason.into());
-        if let Err(err) = audit.record(e) {
+        if let Err(err) = audit.record(e).await {
             tracing::error!(error = %err, "the audit file can't be written: no more calls run");
         }
     }
@@ -225,7 +225,9 @@ pub(super) async fn check(
                 reason = %e,
                 "authentication refused"
             );
-            front.record("auth_refused", None, peer, req.uri().path(), &e.to_string());
+            front
+                .record("auth_refused", None, peer, req.uri().path(), &e.to_string())
+                .await;
             return refuse(&front.access, &e);
         }
     };
@@ -252,13 +254,15 @@ pub(super) async fn check(
                     owner = %owner.as_deref().unwrap_or("-"),
                     "refused a request on another principal's session"
                 );
-                front.record(
-                    "session_refused",
-                    Some(who),
-                    peer,
-                    req.uri().path(),
-                    "the session belongs to another principal",
-                );
+                front
+                    .record(
+                        "session_refused",
+                        Some(who),
+                        peer,
+                        req.uri().path(),
+                        "the session belongs to another principal",
+                    )
+                    .await;
                 return refusal(
                     StatusCode::FORBIDDEN,
                     None,
@@ -348,13 +352,15 @@ async fn step_up(
         let missing = principal.missing_scopes(needed);
         if !missing.is_empty() {
             warn!(principal = %principal.id, tool = %tool, missing = %missing.join(" "), "call refused: the token lacks a scope the tool needs");
-            front.record(
-                "insufficient_scope",
-                Some(principal),
-                parts.extensions.get::<Peer>().map(|p| p.0),
-                &tool,
-                &missing.join(" "),
-            );
+            front
+                .record(
+                    "insufficient_scope",
+                    Some(principal),
+                    parts.extensions.get::<Peer>().map(|p| p.0),
+                    &tool,
+                    &missing.join(" "),
+                )
+                .await;
             let e = AuthError::Token(TokenError::Scope(
                 missing.iter().map(|s| s.to_string()).collect(),
             ));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mcpfier_tests::{
     Coordinator, EtcdCerts, Reply, Scratch, drive_http_as, drive_http_ok_as, http_exchange,
-    mcpfier_cli, new_key, result_stdout, result_text, wait_for,
+    mcpfier_cli, new_key, read_lines, result_stdout, result_text, wait_for,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -1199,4 +1199,82 @@ fn a_role_narrows_a_tools_arguments_and_validate_checks_the_narrowing() {
         assert_ne!(code, 0, "{out}");
         assert!(err.contains(want), "want {want:?}: {err}");
     }
+}
+
+#[test]
+fn the_audit_chain_rotates_and_its_head_in_etcd_catches_cut_newest_lines() {
+    let scratch = Scratch::new();
+    let k = keys();
+    let etcd = mcpfier_tests::EtcdServer::start(scratch.path());
+    let certs = mcpfier_tests::Certs::init(&scratch.path().join("certs"));
+    certs.issue("coordinator", "coord");
+    let audit = scratch.path().join("audit.jsonl");
+    let config = scratch.write(
+        "audit-etcd.yaml",
+        &format!(
+            "server:\n{}  audit: {{path: {}, rotate_size: 1KiB, chain: coord-1}}\nfleet:\n  tls: {}\n  etcd: {}\n{ROLES}{TOOLS}",
+            k.yaml,
+            audit.display(),
+            certs.tls_yaml("coord"),
+            etcd.yaml("/mcpfier/audit-test"),
+        ),
+    );
+    let c = Coordinator::start(&config, &[], &[]);
+    for i in 0..7 {
+        let r = post(
+            &c.addr,
+            &[("Authorization", &format!("Bearer mcpf_wrong{i}"))],
+            INIT,
+        );
+        assert_eq!(r.status, 401);
+    }
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["--config", config.to_str().unwrap(), "audit", "verify"];
+        args.extend_from_slice(extra);
+        args.push(audit.to_str().unwrap());
+        mcpfier_cli(&args, &[])
+    };
+    // The head reaches etcd shortly after the last line.
+    let reached = wait_for(Duration::from_secs(10), || {
+        let (code, out, _) = verify(&["--etcd"]);
+        (code == 0 && out.contains("the head etcd holds, seq 7")).then_some(out)
+    });
+    let out = reached.expect("etcd got the head of 7 lines");
+    assert!(out.contains("intact, 7 lines (seq 1 to 7"), "{out}");
+    let files = mcpfier_coordinator::audit::chain_files(&audit).unwrap();
+    assert!(
+        files.len() >= 2,
+        "1 KiB files: the chain was rotated: {files:?}"
+    );
+    drop(c);
+
+    // Cut the newest line: the files alone still make a valid chain; etcd's head doesn't.
+    let newest = files
+        .iter()
+        .rev()
+        .find(|f| std::fs::metadata(f).unwrap().len() > 0)
+        .unwrap();
+    let mut lines = read_lines(newest);
+    lines.pop();
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(newest, text).unwrap();
+    let (code, out, err) = verify(&[]);
+    assert_eq!(code, 0, "without etcd the cut is not visible: {out}{err}");
+    assert!(out.contains("intact, 6 lines"), "{out}");
+    let (code, _, err) = verify(&["--etcd"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "the newest lines were cut: the files end at seq 6, and etcd holds the head at seq 7"
+        ),
+        "{err}"
+    );
+    // A restart neither hides the cut nor overwrites the evidence.
+    let c = Coordinator::start(&config, &[], &[]);
+    c.process
+        .wait_for_log("its newest lines were cut", Duration::from_secs(10));
+    assert_eq!(post(&c.addr, &[], INIT).status, 401);
+    drop(c);
+    let (code, _, err) = verify(&["--etcd"]);
+    assert_eq!(code, 1, "{err}");
 }
