@@ -1,5 +1,6 @@
 -- wrk script: each wrk thread (one connection each) sends tools/call on its own MCP session
--- and waits for the whole response. Session ids come in as the script's arguments.
+-- and waits for the whole response. Session ids come in as the script's arguments; a bearer
+-- credential, when the server authenticates, in MCPFIER_BENCH_BEARER.
 local sessions = {}
 local next_session = 1
 local threads = {}
@@ -21,6 +22,10 @@ function init(args)
   wrk.headers["Accept"] = "application/json, text/event-stream"
   wrk.headers["MCP-Protocol-Version"] = "2025-11-25"
   wrk.headers["Mcp-Session-Id"] = sid
+  local bearer = os.getenv("MCPFIER_BENCH_BEARER")
+  if bearer and bearer ~= "" then
+    wrk.headers["Authorization"] = "Bearer " .. bearer
+  end
 end
 
 function request()

@@ -21,10 +21,11 @@ use anyhow::{Context, bail};
 
 mod auth;
 mod containers;
+mod front_door;
 mod membership;
 mod signing;
 
-struct Figures {
+pub(crate) struct Figures {
     name: String,
     p50_us: f64,
     p99_us: f64,
@@ -159,8 +160,18 @@ pub(crate) fn call_tool(
 
 /// Opens an MCP session (initialize + initialized) and returns its id.
 pub(crate) fn open_session(addr: &str) -> anyhow::Result<String> {
+    open_session_as(addr, None)
+}
+
+/// [`open_session`] with `Authorization: Bearer <bearer>` on both requests.
+pub(crate) fn open_session_as(addr: &str, bearer: Option<&str>) -> anyhow::Result<String> {
     let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
-    let (status, headers, body) = post(addr, &[], init)?;
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let auth_header: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    let (status, headers, body) = post(addr, &auth_header, init)?;
     if status != 200 {
         bail!("initialize got {status}: {body}");
     }
@@ -170,14 +181,12 @@ pub(crate) fn open_session(addr: &str) -> anyhow::Result<String> {
         .map(|(_, v)| v.clone())
         .context("no Mcp-Session-Id in the initialize response")?;
     let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    let (status, _, body) = post(
-        addr,
-        &[
-            ("Mcp-Session-Id", &sid),
-            ("MCP-Protocol-Version", "2025-11-25"),
-        ],
-        note,
-    )?;
+    let mut note_headers = vec![
+        ("Mcp-Session-Id", sid.as_str()),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    note_headers.extend(auth_header.iter().copied());
+    let (status, _, body) = post(addr, &note_headers, note)?;
     if status != 202 && status != 200 {
         bail!("notifications/initialized got {status}: {body}");
     }
@@ -186,11 +195,23 @@ pub(crate) fn open_session(addr: &str) -> anyhow::Result<String> {
 
 /// Drives `tools/call echo` with wrk: `clients` connections, each its own session.
 fn wrk(name: &str, addr: &str, clients: usize, duration: Duration) -> anyhow::Result<Figures> {
+    wrk_as(name, addr, clients, duration, None)
+}
+
+/// [`wrk`] with `Authorization: Bearer <bearer>` on every request.
+pub(crate) fn wrk_as(
+    name: &str,
+    addr: &str,
+    clients: usize,
+    duration: Duration,
+    bearer: Option<&str>,
+) -> anyhow::Result<Figures> {
     let sessions = (0..clients)
-        .map(|_| open_session(addr))
+        .map(|_| open_session_as(addr, bearer))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let script = workspace().join("bench/wrk_mcp.lua");
     let out = Command::new("wrk")
+        .env("MCPFIER_BENCH_BEARER", bearer.unwrap_or(""))
         .arg(format!("-t{clients}"))
         .arg(format!("-c{clients}"))
         .arg(format!("-d{}s", duration.as_secs()))
@@ -279,7 +300,7 @@ pub(crate) fn release(bin: &str) -> PathBuf {
     workspace().join("target/release").join(bin)
 }
 
-const ECHO_TOOL: &str = "tools:\n  - name: echo\n    description: Echo a message\n    command: [/bin/echo, '{{msg}}']\n    params: {msg: {type: string}}\n";
+pub(crate) const ECHO_TOOL: &str = "tools:\n  - name: echo\n    description: Echo a message\n    command: [/bin/echo, '{{msg}}']\n    params: {msg: {type: string}}\n";
 
 /// Starts `mcpfier serve` with the echo tool, `fleet_yaml` (may be empty) and `more_tools`
 /// (YAML list items appended to `tools:`).
@@ -289,11 +310,21 @@ pub(crate) fn start_mcpfier(
     fleet_yaml: &str,
     more_tools: &str,
 ) -> anyhow::Result<(Server, String)> {
+    start_mcpfier_with(
+        dir,
+        name,
+        &format!("server: {{max_concurrency: 64}}\n{fleet_yaml}{ECHO_TOOL}{more_tools}"),
+    )
+}
+
+/// Starts `mcpfier serve` with the config `yaml` as written.
+pub(crate) fn start_mcpfier_with(
+    dir: &Path,
+    name: &str,
+    yaml: &str,
+) -> anyhow::Result<(Server, String)> {
     let config = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &config,
-        format!("server: {{max_concurrency: 64}}\n{fleet_yaml}{ECHO_TOOL}{more_tools}"),
-    )?;
+    std::fs::write(&config, yaml)?;
     let mut cmd = Command::new(release("mcpfier"));
     cmd.arg("--config").arg(&config).args([
         "--log",
@@ -431,7 +462,7 @@ fn start_python(mode: &str) -> anyhow::Result<(Server, String)> {
     Ok((server, addr))
 }
 
-fn print(f: &Figures) {
+pub(crate) fn print(f: &Figures) {
     println!(
         "  {:<58} p50 {:>8.2} ms   p99 {:>8.2} ms   {:>7.0} calls/s",
         f.name,
@@ -459,6 +490,12 @@ fn main() -> anyhow::Result<()> {
 
     if std::env::args().any(|a| a == "--auth-only") {
         auth::run(dir.path())?;
+        return Ok(());
+    }
+    if std::env::args().any(|a| a == "--front-door-only") {
+        let f = front_door::run(dir.path(), duration)?;
+        println!("\nratios (target)");
+        front_door::print_ratios(&f);
         return Ok(());
     }
     if std::env::args().any(|a| a == "--signing-only") {
@@ -531,6 +568,7 @@ fn main() -> anyhow::Result<()> {
     containers::run(dir.path())?;
     let (signing_extra, signing_first) = signing::run(dir.path())?;
     let jwt_extra = auth::run(dir.path())?;
+    let door = front_door::run(dir.path(), duration)?;
 
     let (python, paddr) = start_python("async")?;
     let p1 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 1, duration)?;
@@ -587,6 +625,7 @@ fn main() -> anyhow::Result<()> {
     for (name, seq, conc) in [("1 agent", &f1_1, &f1_8), ("2 agents", &f2_1, &f2_8)] {
         fleet_ratios(name, seq, conc, &floor1, &floor8);
     }
+    front_door::print_ratios(&door);
     Ok(())
 }
 

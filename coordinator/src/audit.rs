@@ -36,6 +36,10 @@ pub struct Settings {
     pub rotate_size: Option<u64>,
     /// The chain's name in etcd (`<prefix>/audit/<chain>`), when the fleet has etcd.
     pub chain: String,
+    /// `None`: each line is on disk before its call is answered. `Some(d)`: it is written
+    /// before (a crash of mcpfier loses nothing) and synced at most `d` later (a crash of the
+    /// host may lose that much).
+    pub sync_interval: Option<std::time::Duration>,
 }
 
 /// The default name of a chain: this host's name and the file's absolute path.
@@ -270,15 +274,49 @@ fn first_seq(path: &Path) -> anyhow::Result<u64> {
 }
 
 /// The writer thread: takes what is waiting, writes it as one batch, syncs, answers each
-/// caller; rotates the file when it has grown past `rotate_size`. Ends when every sender is
-/// gone; after a failure it refuses everything.
+/// caller; rotates the file when it has grown past `rotate_size`. With `sync_interval`, it
+/// answers once the batch is written and syncs at most that long after the first unsynced
+/// line. Ends when every sender is gone (syncing first); after a failure it refuses
+/// everything.
 fn writer(
     mut chain: Chain,
     queue: mpsc::Receiver<Pending>,
     broken: Arc<AtomicBool>,
     head: tokio::sync::watch::Sender<Head>,
 ) {
-    while let Ok(first) = queue.recv() {
+    // Set while lines are written but not yet synced (`sync_interval` only).
+    let mut unsynced_since: Option<std::time::Instant> = None;
+    let failed = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+    loop {
+        let next = match (unsynced_since, chain.settings.sync_interval) {
+            (Some(since), Some(interval)) => {
+                let left = interval.saturating_sub(since.elapsed());
+                queue.recv_timeout(left)
+            }
+            _ => queue
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        let first = match next {
+            Ok(p) => p,
+            Err(timeout_or_gone) => {
+                if unsynced_since.take().is_some() {
+                    match chain.sync() {
+                        Ok(()) => {
+                            head.send_replace(chain.head.clone());
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the audit file can't be synced: no more calls run");
+                            broken.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                match timeout_or_gone {
+                    mpsc::RecvTimeoutError::Timeout => continue,
+                    mpsc::RecvTimeoutError::Disconnected => return,
+                }
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -296,22 +334,30 @@ fn writer(
         }
         let (events, dones): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.event, p.done)).unzip();
-        let written = chain.append(events);
-        if written.is_err() {
-            broken.store(true, Ordering::SeqCst);
-        } else {
-            head.send_replace(chain.head.clone());
+        let mut written = chain.append(events);
+        if written.is_ok() {
+            if chain.settings.sync_interval.is_none() || chain.rotation_due() {
+                written = chain.sync();
+                unsynced_since = None;
+            } else {
+                unsynced_since.get_or_insert_with(std::time::Instant::now);
+            }
+        }
+        match &written {
+            Err(_) => broken.store(true, Ordering::SeqCst),
+            Ok(()) if unsynced_since.is_none() => {
+                head.send_replace(chain.head.clone());
+            }
+            Ok(()) => {}
         }
         for done in dones {
-            let _ = done.send(match &written {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-            });
+            let _ = done.send(written.as_ref().map(|_| ()).map_err(failed));
         }
     }
 }
 
 impl Chain {
+    /// Writes `events` as lines with one `write(2)`; not yet synced.
     fn append(&mut self, events: Vec<Map<String, Value>>) -> std::io::Result<()> {
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let mut text = String::new();
@@ -333,14 +379,21 @@ impl Chain {
             text.push('\n');
         }
         self.file.write_all(text.as_bytes())?;
-        self.file.sync_data()?;
         self.bytes += text.len() as u64;
         self.head = head;
-        if self
-            .settings
+        Ok(())
+    }
+
+    fn rotation_due(&self) -> bool {
+        self.settings
             .rotate_size
             .is_some_and(|limit| self.bytes >= limit)
-        {
+    }
+
+    /// `fdatasync`s what was written, then rotates when the file is due.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        if self.rotation_due() {
             self.rotate()?;
         }
         Ok(())

@@ -295,6 +295,22 @@ impl Catalog {
                 ));
             }
         }
+        if let Some(audit) = &config.server.audit {
+            if let Some(d) = audit.sync_interval
+                && !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&d.get())
+            {
+                problems.push(Problem::new(
+                    "server.audit.sync_interval",
+                    "must be from 1ms to 10s (leave it out to sync every line before its answer)",
+                ));
+            }
+            if audit.rotate_size.is_some_and(|b| b.bytes() < 1024) {
+                problems.push(Problem::new(
+                    "server.audit.rotate_size",
+                    "must be at least 1KiB",
+                ));
+            }
+        }
         let mut access = crate::access::Access::build(&config, base, &mut problems);
         let tls = config.server.tls.as_ref().and_then(|t| {
             let (cert, key) = (base.join(&t.cert), base.join(&t.key));
@@ -366,6 +382,7 @@ impl Catalog {
                     .unwrap_or_else(|| crate::audit::default_chain(&path)),
                 path,
                 rotate_size: a.rotate_size.map(|b| b.bytes()),
+                sync_interval: a.sync_interval.map(|d| d.get()),
             }
         });
         match listen {

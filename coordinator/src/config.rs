@@ -176,6 +176,12 @@ pub struct AuditSection {
     /// verify --etcd`. Default: this host's name and the file's absolute path.
     #[serde(default)]
     pub chain: Option<String>,
+    /// Unset (the default): each line is on disk (`fdatasync`) before its call is answered.
+    /// Set (e.g. `100ms`): lines are written before the answer, so a crash of mcpfier loses
+    /// nothing, and synced at most this long later, so a crash of the host may lose that
+    /// much; it saves one disk sync per call.
+    #[serde(default)]
+    pub sync_interval: Option<HumanDuration>,
 }
 
 /// `server.auth`: how callers prove who they are. Every request to the HTTP server, `/mcp`

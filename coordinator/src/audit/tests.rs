@@ -9,6 +9,7 @@ fn settings(path: &Path, rotate_size: Option<u64>) -> Settings {
         path: path.to_owned(),
         rotate_size,
         chain: "test".into(),
+        sync_interval: None,
     }
 }
 
@@ -253,4 +254,29 @@ fn a_head_kept_elsewhere_catches_cut_lines_and_a_rewritten_tail() {
         e.contains("line 6 is not the line whose hash etcd holds"),
         "{e}"
     );
+}
+
+#[test]
+fn with_a_sync_interval_a_line_is_in_the_file_when_acknowledged_and_synced_soon_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let audit = Audit::open(Settings {
+        sync_interval: Some(std::time::Duration::from_millis(50)),
+        ..settings(&path, Some(2048))
+    })
+    .unwrap();
+    let head = audit.head();
+    for i in 0..40 {
+        audit.submit(event(i)).blocking_recv().unwrap().unwrap();
+        // Written before the answer: a crash of this process after it loses nothing.
+        let files = chain_files(&path).unwrap();
+        assert_eq!(verify(&files, false, None).unwrap().head.seq, i as u64 + 1);
+    }
+    // The head (what is on disk) follows within the interval, without another line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while head.borrow().seq < 40 {
+        assert!(std::time::Instant::now() < deadline, "never synced");
+        std::thread::yield_now();
+    }
+    assert!(chain_files(&path).unwrap().len() >= 2, "rotated on the way");
 }
