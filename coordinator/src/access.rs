@@ -19,6 +19,7 @@ use crate::catalog::Tool;
 use crate::config::{Config, FleetAccess, ParamType, Problem, RoleSection};
 use mcpfier_common::tool::params::{self, CompiledParam};
 
+pub mod jwks;
 pub mod limits;
 pub mod oauth;
 pub use limits::{Permit, Quota, Refusal};

@@ -208,7 +208,20 @@ pub struct OAuthSection {
     /// it (RFC 8707), and the protected-resource metadata is served for it (RFC 9728).
     pub audience: String,
     /// The issuer's signing keys (a JWKS, JSON), read again when a token names an unknown key.
-    pub jwks_file: PathBuf,
+    /// Give this or `jwks_url`.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Where the issuer serves its JWKS (https only): fetched at start, every `jwks_refresh`,
+    /// and when a token names an unknown key (at most every 30 s).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// The CA certificates (PEM) `jwks_url`'s server is checked against (default: the
+    /// system's, /etc/ssl/certs/ca-certificates.crt).
+    #[serde(default)]
+    pub jwks_ca: Option<PathBuf>,
+    /// How often `jwks_url` is fetched again regardless (default 10m; at least 30s).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: HumanDuration,
     /// The claim that lists a principal's roles (default `roles`).
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
@@ -222,6 +235,9 @@ pub struct OAuthSection {
 
 fn default_roles_claim() -> String {
     "roles".into()
+}
+fn default_jwks_refresh() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(600))
 }
 fn default_leeway() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(60))

@@ -120,6 +120,10 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         audit,
         catalog.server.limits.clone(),
     ));
+    tasks.spawn(crate::access::jwks::keep_fresh(
+        catalog.access.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(expire_sessions(
         front.clone(),
         sessions,

@@ -7,9 +7,9 @@
 //! from the JWKS, so neither `none` nor an HMAC "key" made from a public key can verify.
 //! Checked: the signature, `exp` (required), `nbf`, `iss` equal to `issuer`, `aud`
 //! containing `audience` (this server's resource, RFC 8707), a `sub`, and
-//! `required_scopes`. An unknown `kid` reads the JWKS again, at most once per
-//! [`REFRESH_FLOOR`]. A token is verified once; later requests with it are checked against
-//! the clock only.
+//! `required_scopes`. An unknown `kid` reads the JWKS again (`jwks_file`) or fetches it
+//! again (`jwks_url`, see [`super::jwks`]), at most once per [`REFRESH_FLOOR`]. A token is
+//! verified once; later requests with it are checked against the clock only.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -54,14 +54,25 @@ pub struct OAuth {
     /// Scopes every token needs.
     pub required_scopes: Vec<String>,
     leeway: Duration,
-    jwks_file: PathBuf,
+    source: Source,
     keys: RwLock<Arc<Vec<Key>>>,
+    /// The fetch count when an unknown key id last woke the fetcher (`jwks_url`).
+    woke_after: Mutex<Option<u64>>,
     last_refresh: Mutex<Option<Instant>>,
     /// Tokens already verified, by SHA-256: a client sends the same token with every request
     /// of a session, and its signature need not be checked again. Their time bounds are
     /// checked at every use; a re-read JWKS empties it (a key taken out takes its tokens).
     verified: Mutex<std::collections::HashMap<[u8; 32], Verified>>,
 }
+
+/// Where the keys come from.
+enum Source {
+    File(PathBuf),
+    Url(super::jwks::Remote),
+}
+
+/// Default roots for `jwks_url`: Debian's bundle of public CAs.
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// What a verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +91,15 @@ pub enum TokenError {
     /// Not a valid token for this server: 401 `invalid_token`.
     #[error("the access token is not valid: {0}")]
     Invalid(String),
+    /// It names a key the fetched JWKS lacks; a fetch was asked for, and the request may try
+    /// again once more than `after` fetches have finished. Else like `Invalid`.
+    #[error("the access token is not valid: {message}")]
+    UnknownKey {
+        /// Why, as for `Invalid`.
+        message: String,
+        /// The fetch count to wait past.
+        after: u64,
+    },
     /// Valid, but without scopes this server requires: 403 `insufficient_scope`.
     #[error("the access token lacks the scope {}", .0.join(" "))]
     Scope(Vec<String>),
@@ -114,8 +134,13 @@ fn algorithm_of(jwk: &Jwk) -> Result<Algorithm, String> {
 fn read_keys(path: &std::path::Path) -> Result<Vec<Key>, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    let set: JwkSet = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a JWKS: {e}", path.display()))?;
+    parse_keys(&text, &path.display().to_string())
+}
+
+/// The usable keys of the JWKS `text` (from `what`, for messages).
+fn parse_keys(text: &str, what: &str) -> Result<Vec<Key>, String> {
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("{what} is not a JWKS: {e}"))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         let kid = jwk.common.key_id.clone();
@@ -133,8 +158,7 @@ fn read_keys(path: &std::path::Path) -> Result<Vec<Key>, String> {
     }
     if keys.is_empty() {
         return Err(format!(
-            "{} holds no usable key (RS256, ES256 P-256 or EdDSA Ed25519)",
-            path.display()
+            "{what} holds no usable key (RS256, ES256 P-256 or EdDSA Ed25519)"
         ));
     }
     Ok(keys)
@@ -162,13 +186,49 @@ impl OAuth {
                     .into(),
             ));
         }
-        let jwks_file = base.join(&section.jwks_file);
-        let keys = match read_keys(&jwks_file) {
-            Ok(k) => k,
-            Err(why) => {
-                problems.push((format!("{at}.jwks_file"), why));
-                Vec::new()
+        let mut keys = Vec::new();
+        let source = match (&section.jwks_file, &section.jwks_url) {
+            (Some(file), None) => {
+                let file = base.join(file);
+                match read_keys(&file) {
+                    Ok(k) => keys = k,
+                    Err(why) => problems.push((format!("{at}.jwks_file"), why)),
+                }
+                Some(Source::File(file))
             }
+            (None, Some(url)) => {
+                let ca = section
+                    .jwks_ca
+                    .as_ref()
+                    .map_or_else(|| PathBuf::from(SYSTEM_ROOTS), |ca| base.join(ca));
+                match super::jwks::Remote::new(url, &ca, section.jwks_refresh.get()) {
+                    Ok(remote) => Some(Source::Url(remote)),
+                    Err(why) => {
+                        problems.push((format!("{at}.jwks_url"), why));
+                        None
+                    }
+                }
+            }
+            _ => {
+                problems.push((
+                    at.to_owned(),
+                    "needs exactly one of jwks_file (a JWKS on disk) and jwks_url (fetched over https)"
+                        .into(),
+                ));
+                None
+            }
+        };
+        if section.jwks_url.is_none() && section.jwks_ca.is_some() {
+            problems.push((format!("{at}.jwks_ca"), "only jwks_url takes it".into()));
+        }
+        if section.jwks_refresh.get() < REFRESH_FLOOR {
+            problems.push((
+                format!("{at}.jwks_refresh"),
+                format!("must be at least {REFRESH_FLOOR:?}"),
+            ));
+        }
+        let Some(source) = source else {
+            return Err(problems);
         };
         if !problems.is_empty() {
             return Err(problems);
@@ -180,8 +240,9 @@ impl OAuth {
             roles_claim: section.roles_claim.clone(),
             required_scopes: section.required_scopes.clone(),
             leeway: section.leeway.get(),
-            jwks_file,
+            source,
             keys: RwLock::new(Arc::new(keys)),
+            woke_after: Mutex::new(None),
             last_refresh: Mutex::new(None),
             verified: Mutex::new(std::collections::HashMap::new()),
         })
@@ -201,29 +262,70 @@ impl OAuth {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Reads the JWKS again unless that was done less than [`REFRESH_FLOOR`] ago; whether it
-    /// did.
-    fn refresh(&self) -> bool {
-        {
-            let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < REFRESH_FLOOR) {
-                return false;
-            }
-            *last = Some(Instant::now());
+    /// The fetched JWKS's source, with `jwks_url`.
+    pub fn remote(&self) -> Option<&super::jwks::Remote> {
+        match &self.source {
+            Source::Url(remote) => Some(remote),
+            Source::File(_) => None,
         }
-        match read_keys(&self.jwks_file) {
+    }
+
+    /// Replaces the keys with those of the JWKS `text` (from `what`); how many it has. A
+    /// set without a usable key changes nothing.
+    pub fn replace_keys(&self, text: &str, what: &str) -> Result<usize, String> {
+        let keys = parse_keys(text, what)?;
+        let n = keys.len();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(n)
+    }
+
+    /// For an unknown key id: reads the JWKS file again, or wakes the fetcher of the URL,
+    /// unless that was done less than [`REFRESH_FLOOR`] ago. `Ok(true)`: the keys were read
+    /// again; `Err(after)`: a fetch was asked for (now or within the floor, and has not
+    /// finished), wait past `after` fetches.
+    fn refresh(&self) -> Result<bool, u64> {
+        let recent = {
+            let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
+            let recent = last.is_some_and(|t| t.elapsed() < REFRESH_FLOOR);
+            if !recent {
+                *last = Some(Instant::now());
+            }
+            recent
+        };
+        let file = match &self.source {
+            Source::Url(remote) => {
+                let mut woke = self.woke_after.lock().unwrap_or_else(|p| p.into_inner());
+                if !recent {
+                    *woke = Some(remote.fetches());
+                    remote.wake();
+                }
+                return match *woke {
+                    Some(after) if remote.fetches() <= after => Err(after),
+                    _ => Ok(false),
+                };
+            }
+            Source::File(file) => file,
+        };
+        if recent {
+            return Ok(false);
+        }
+        match read_keys(file) {
             Ok(keys) => {
-                info!(keys = keys.len(), file = %self.jwks_file.display(), "JWKS read again for an unknown key id");
+                info!(keys = keys.len(), file = %file.display(), "JWKS read again for an unknown key id");
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
                 self.verified
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clear();
-                true
+                Ok(true)
             }
             Err(why) => {
                 warn!(why, "kept the current JWKS");
-                false
+                Ok(false)
             }
         }
     }
@@ -307,16 +409,19 @@ impl OAuth {
         let index = match find(&keys) {
             Some(i) => i,
             None => {
-                if header.kid.is_some() && self.refresh() {
-                    keys = self.keys();
+                let message = format!(
+                    "no {:?} key with id {:?} in the JWKS",
+                    header.alg,
+                    header.kid.as_deref().unwrap_or("-")
+                );
+                if header.kid.is_some() {
+                    match self.refresh() {
+                        Ok(true) => keys = self.keys(),
+                        Ok(false) => {}
+                        Err(after) => return Err(TokenError::UnknownKey { message, after }),
+                    }
                 }
-                find(&keys).ok_or_else(|| {
-                    invalid(format!(
-                        "no {:?} key with id {:?} in the JWKS",
-                        header.alg,
-                        header.kid.as_deref().unwrap_or("-")
-                    ))
-                })?
+                find(&keys).ok_or_else(|| invalid(message))?
             }
         };
         let mut validation = Validation::new(header.alg);

@@ -44,7 +44,8 @@ fn refuse(access: &Access, e: &AuthError) -> Response {
         AuthError::Missing | AuthError::Malformed => {
             refusal(StatusCode::UNAUTHORIZED, Some(&challenge(None)), &text)
         }
-        AuthError::Invalid | AuthError::Token(TokenError::Invalid(_)) => {
+        AuthError::Invalid
+        | AuthError::Token(TokenError::Invalid(_) | TokenError::UnknownKey { .. }) => {
             // The description is ours (no token bytes in it); quotes would break the header.
             let description = text.replace('"', "'");
             refusal(
@@ -216,7 +217,15 @@ pub(super) async fn check(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    let principal = match front.access.authenticate(authorization, req.uri().query()) {
+    let mut authenticated = front.access.authenticate(authorization, req.uri().query());
+    // A key id the fetched JWKS lacks: wait for the fetch this asked for, then once more.
+    if let Err(AuthError::Token(TokenError::UnknownKey { after, .. })) = &authenticated
+        && let Some(remote) = front.access.oauth().and_then(|o| o.remote())
+    {
+        remote.fetched_after(*after).await;
+        authenticated = front.access.authenticate(authorization, req.uri().query());
+    }
+    let principal = match authenticated {
         Ok(p) => p,
         Err(e) => {
             warn!(

@@ -1278,3 +1278,97 @@ fn the_audit_chain_rotates_and_its_head_in_etcd_catches_cut_newest_lines() {
     let (code, _, err) = verify(&["--etcd"]);
     assert_eq!(code, 1, "{err}");
 }
+
+#[test]
+fn a_jwks_fetched_over_https_follows_key_rotation_and_unknown_key_ids_cannot_flood_it() {
+    let scratch = Scratch::new();
+    let (issuer, jwks) = Issuer::new(&scratch.path().join("issuer"), "1");
+    let (next, next_jwks) = Issuer::new(&scratch.path().join("issuer-2"), "2");
+    let (stranger, _) = Issuer::new(&scratch.path().join("stranger"), "x");
+    let served = scratch.write("served-jwks.json", &jwks);
+    let certs = EtcdCerts::new(&scratch.path().join("jwks-tls"));
+    let mut cmd = std::process::Command::new(mcpfier_tests::python());
+    cmd.arg(mcpfier_tests::workspace().join("tests/py/jwks_server.py"))
+        .arg(certs.dir.join("server.pem"))
+        .arg(certs.dir.join("server.key"))
+        .arg(&served);
+    let server = mcpfier_tests::Process::start(cmd, &served, "jwks-server");
+    let port = server.wait_for_log("port ", Duration::from_secs(10));
+    let url = format!("https://127.0.0.1:{}/jwks.json", port.trim());
+    let fetches = || server.log_text().matches("GET /jwks.json").count();
+    let oauth = |url: &str, ca: &Path| {
+        format!(
+            "server:\n  auth:\n    oauth:\n      issuer: {ISSUER}\n      audience: {AUDIENCE}\n      jwks_url: \"{url}\"\n      jwks_ca: {}\n{ROLES}{TOOLS}",
+            ca.display()
+        )
+    };
+    let config = scratch.write("jwks-url.yaml", &oauth(&url, &certs.dir.join("ca.pem")));
+    let c = Coordinator::start(&config, &[], &[]);
+    let with = |token: &str| {
+        post(
+            &c.addr,
+            &[("Authorization", &format!("Bearer {token}"))],
+            INIT,
+        )
+    };
+    // The first request is answered with the fetched keys (waiting for the first fetch if
+    // it is not done yet).
+    let r = with(&issuer.sign("ed-1", "EdDSA", claims("alice", &["ops"])));
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = with(&issuer.sign("ec-1", "ES256", claims("alice", &["ops"])));
+    assert_eq!(r.status, 200, "{r:?}");
+    let before = fetches();
+    assert!(before >= 1);
+
+    // The issuer rotates: a token with the new key id works on its first request.
+    let both: Value = {
+        let mut a: Value = serde_json::from_str(&jwks).unwrap();
+        let b: Value = serde_json::from_str(&next_jwks).unwrap();
+        a["keys"]
+            .as_array_mut()
+            .unwrap()
+            .extend(b["keys"].as_array().unwrap().iter().cloned());
+        a
+    };
+    std::fs::write(&served, both.to_string()).unwrap();
+    let r = with(&next.sign("ed-2", "EdDSA", claims("bob", &["ops"])));
+    assert_eq!(
+        r.status, 200,
+        "a rotated-in key on its first request: {r:?}"
+    );
+    assert_eq!(fetches(), before + 1, "one fetch for the new key id");
+
+    // Made-up key ids, many of them, right after: no fetch each (the 30 s floor), all 401.
+    for _ in 0..10 {
+        let r = with(&stranger.sign("ed-x", "EdDSA", claims("eve", &["ops"])));
+        assert_eq!(r.status, 401, "{r:?}");
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|h| h.contains("invalid_token")),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        fetches(),
+        before + 1,
+        "a flood of unknown key ids fetched nothing"
+    );
+    drop(c);
+
+    // validate: https only, and the CA must hold a certificate.
+    let plain = scratch.write(
+        "jwks-http.yaml",
+        &oauth("http://127.0.0.1:1/jwks.json", &certs.dir.join("ca.pem")),
+    );
+    let (code, _, err) = mcpfier_cli(&["--config", plain.to_str().unwrap(), "validate"], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("server.auth.oauth.jwks_url") && err.contains("is not https"),
+        "{err}"
+    );
+    let empty_ca = scratch.write("empty-ca.pem", "");
+    let bad = scratch.write("jwks-ca.yaml", &oauth(&url, &empty_ca));
+    let (code, _, err) = mcpfier_cli(&["--config", bad.to_str().unwrap(), "validate"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("holds no CA certificate"), "{err}");
+}
