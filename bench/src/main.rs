@@ -23,6 +23,7 @@ mod auth;
 mod containers;
 mod front_door;
 mod membership;
+mod sessions;
 mod signing;
 
 pub(crate) struct Figures {
@@ -472,6 +473,16 @@ pub(crate) fn print(f: &Figures) {
     );
 }
 
+/// The idle-session memory figures against their target.
+fn print_sessions(parked: f64, live: f64) {
+    println!(
+        "  memory per idle MCP session, parked              {:>6.1} KB   (<= 16 KB; {:.1} KB never parked, {:.0}%)",
+        parked / 1000.0,
+        live / 1000.0,
+        100.0 * parked / live
+    );
+}
+
 fn main() -> anyhow::Result<()> {
     let secs: u64 = std::env::args()
         .skip_while(|a| a != "--seconds")
@@ -496,6 +507,12 @@ fn main() -> anyhow::Result<()> {
         let f = front_door::run(dir.path(), duration)?;
         println!("\nratios (target)");
         front_door::print_ratios(&f);
+        return Ok(());
+    }
+    if std::env::args().any(|a| a == "--sessions-only") {
+        let (parked, live) = sessions::run(dir.path())?;
+        println!("\nratios (target)");
+        print_sessions(parked, live);
         return Ok(());
     }
     if std::env::args().any(|a| a == "--signing-only") {
@@ -569,6 +586,7 @@ fn main() -> anyhow::Result<()> {
     let (signing_extra, signing_first) = signing::run(dir.path())?;
     let jwt_extra = auth::run(dir.path())?;
     let door = front_door::run(dir.path(), duration)?;
+    let (parked, live) = sessions::run(dir.path())?;
 
     let (python, paddr) = start_python("async")?;
     let p1 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 1, duration)?;
@@ -626,6 +644,7 @@ fn main() -> anyhow::Result<()> {
         fleet_ratios(name, seq, conc, &floor1, &floor8);
     }
     front_door::print_ratios(&door);
+    print_sessions(parked, live);
     Ok(())
 }
 

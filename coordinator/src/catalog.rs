@@ -287,6 +287,7 @@ impl Catalog {
             ("header_timeout", limits.header_timeout.0),
             ("idle_timeout", limits.idle_timeout.0),
             ("session_idle", limits.session_idle.0),
+            ("session_park", limits.session_park.0),
         ] {
             if value < std::time::Duration::from_millis(100) {
                 problems.push(Problem::new(

@@ -99,6 +99,11 @@ pub struct ServerLimits {
     /// 30m). A call runs to its own timeout, whatever this says.
     #[serde(default = "default_session_idle")]
     pub session_idle: HumanDuration,
+    /// A session idle this long is parked: its MCP machinery is freed and only what it
+    /// was opened with is kept (under 1 KB); its next request wakes it, unseen by the client
+    /// (default 30s).
+    #[serde(default = "default_session_park")]
+    pub session_park: HumanDuration,
 }
 
 impl Default for ServerLimits {
@@ -110,6 +115,7 @@ impl Default for ServerLimits {
             sessions: default_sessions(),
             sessions_per_principal: default_sessions_per_principal(),
             session_idle: default_session_idle(),
+            session_park: default_session_park(),
         }
     }
 }
@@ -131,6 +137,9 @@ fn default_sessions_per_principal() -> usize {
 }
 fn default_session_idle() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(30 * 60))
+}
+fn default_session_park() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 
 impl Default for ServerSection {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod conns;
 pub mod tls;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -93,21 +94,6 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     let catalog = dispatcher.catalog().clone();
     // rmcp checks `/mcp`, the guard every other route, against the same lists.
     let guard = Arc::new(Guard::new(&catalog.server));
-    let config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(guard.hosts.clone())
-        .with_allowed_origins(guard.origins.clone())
-        .enforce_origin_validation()
-        .with_cancellation_token(shutdown.child_token());
-    let fleet = dispatcher.fleet().cloned();
-    let audit = dispatcher.audit().cloned();
-    let server =
-        Server::new(dispatcher, tasks, shutdown.clone()).with_result_budget(mcp::RESULT_BUDGET);
-    // Sessions are expired here, by `server.limits.session_idle`, counting a call in flight
-    // as activity: rmcp's own keep-alive would end a session whose call is silent for 5 min.
-    let mut manager = LocalSessionManager::default();
-    manager.session_config.keep_alive = None;
-    let sessions = Arc::new(manager);
-    let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config);
     let tool_scopes = catalog
         .tools
         .values()
@@ -117,17 +103,34 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     let front = Arc::new(Front::new(
         catalog.access.clone(),
         tool_scopes,
-        audit,
+        dispatcher.audit().cloned(),
         catalog.server.limits.clone(),
     ));
+    let mut config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(guard.hosts.clone())
+        .with_allowed_origins(guard.origins.clone())
+        .enforce_origin_validation()
+        .with_cancellation_token(shutdown.child_token());
+    // What a session was opened with stays in the front door, so a parked one is woken.
+    config.session_store = Some(front.clone());
+    let fleet = dispatcher.fleet().cloned();
+    let server =
+        Server::new(dispatcher, tasks, shutdown.clone()).with_result_budget(mcp::RESULT_BUDGET);
+    // Sessions are parked and expired here, by `server.limits`, counting a call in flight
+    // as activity: rmcp's own keep-alive would end a session whose call is silent for 5 min.
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = None;
+    let sessions = Arc::new(manager);
+    let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config);
     tasks.spawn(crate::access::jwks::keep_fresh(
         catalog.access.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(expire_sessions(
+    tasks.spawn(keep_sessions(
         front.clone(),
         sessions,
-        catalog.server.limits.session_idle.0,
+        catalog.server.limits.clone(),
+        tasks.clone(),
         shutdown.clone(),
     ));
     let access = catalog.access.clone();
@@ -371,38 +374,85 @@ fn metadata_routes(catalog: &Catalog) -> Router {
     router
 }
 
-/// Closes the MCP sessions idle for `idle` (nothing in flight, no request), and forgets
-/// those rmcp has ended, until `shutdown`. It looks every quarter of `idle` (between 0.1 s
-/// and 30 s), so a session lives at most 1.25 `idle` past its last request.
-async fn expire_sessions(
+/// Parks the MCP sessions idle for `session_park` (rmcp's session, its tasks and channels,
+/// ~65 KB, are closed; the front door keeps its owner and its `initialize`, and rmcp replays
+/// that on its next request), closes those idle for `session_idle`, and forgets sessions
+/// rmcp has closed. Runs every quarter of the shorter of the two (between 100 ms and 30 s),
+/// so a session is parked or closed at most 1.25 times its limit after its last request.
+async fn keep_sessions(
     front: Arc<Front>,
     sessions: Arc<LocalSessionManager>,
-    idle: Duration,
+    limits: crate::config::ServerLimits,
+    tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
     use rmcp::transport::streamable_http_server::session::SessionManager;
-    let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let (idle, park) = (limits.session_idle.0, limits.session_park.0);
+    let period = (idle.min(park) / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
     let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        for id in front.idle_sessions() {
-            debug!(session = %id, "closing an idle MCP session (server.limits.session_idle)");
-            if let Err(e) = sessions.close_session(&id.as_str().into()).await {
-                debug!(session = %id, error = %e, "closing an idle session failed");
+        for session in front.idle_sessions(idle) {
+            debug!(session = %session.id, "closing an idle MCP session (server.limits.session_idle)");
+            if let Err(e) = sessions.close_session(&session.id.as_str().into()).await {
+                debug!(session = %session.id, error = %e, "closing an idle session failed");
+            }
+            front.forget(&session.id);
+        }
+        let live: HashSet<String> = live_sessions(&sessions).await;
+        let mut parked = 0;
+        for session in front.idle_sessions(park) {
+            if !live.contains(&session.id) {
+                continue;
+            }
+            let Some(_parking) = session.lock_if_idle(park) else {
+                continue;
+            };
+            match sessions.close_session(&session.id.as_str().into()).await {
+                Ok(()) => {
+                    parked += 1;
+                    debug!(session = %session.id, "parked an idle MCP session (server.limits.session_park)");
+                }
+                Err(e) => {
+                    debug!(session = %session.id, error = %e, "parking an idle session failed")
+                }
             }
         }
-        let alive: std::collections::HashSet<String> = sessions
-            .sessions
-            .read()
-            .await
-            .keys()
-            .map(|k| k.to_string())
-            .collect();
-        front.retain_sessions(|id| alive.contains(id));
+        // What parked sessions freed stays in the allocator, fragmented, unless trimmed.
+        // It takes milliseconds with a large heap, so it runs off the async workers.
+        if parked >= TRIM_AFTER_PARKED {
+            let started = std::time::Instant::now();
+            let released = tasks
+                .spawn_blocking(mcpfier_exec::heap::release_free_memory)
+                .await
+                .unwrap_or(false);
+            debug!(
+                parked,
+                released,
+                took_us = started.elapsed().as_micros() as u64,
+                "returned the memory of parked sessions to the system"
+            );
+        }
+        let live = live_sessions(&sessions).await;
+        front.retain_sessions(|id| live.contains(id));
     }
+}
+
+/// Parking this many sessions in one pass (~65 KB each) is worth a heap trim.
+const TRIM_AFTER_PARKED: usize = 64;
+
+/// The sessions rmcp holds open (not parked).
+async fn live_sessions(sessions: &LocalSessionManager) -> HashSet<String> {
+    sessions
+        .sessions
+        .read()
+        .await
+        .keys()
+        .map(|k| k.to_string())
+        .collect()
 }
 
 /// Serves until `shutdown` is cancelled: HTTPS with `server.tls`, else plain HTTP. Calls

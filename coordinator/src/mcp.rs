@@ -405,10 +405,10 @@ impl ServerHandler for Server {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         if self.dispatcher.fleet().is_some() {
-            self.peers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(context.peer);
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            // A closed or parked session's peer would keep its channel's memory.
+            peers.retain(|p| !p.is_transport_closed());
+            peers.push(context.peer);
         }
     }
 
@@ -430,6 +430,11 @@ impl ServerHandler for Server {
             client = %client,
             principal = principal.as_deref().unwrap_or("-")
         );
+        // The session is busy until the call ends, even if the client stops reading: it is
+        // neither parked nor expired under a running call.
+        let _busy = http_request(&context)
+            .and_then(|p| p.extensions.get::<crate::http::auth::SessionActivity>())
+            .map(|a| a.0.hold());
         self.call(request, context)
             .instrument(span)
             .await

@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod executor;
+pub mod heap;
 pub mod lifeline;
 pub mod model;
 pub mod process;

@@ -12,6 +12,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::warn;
 
+use rmcp::transport::streamable_http_server::session::store::{
+    SessionState, SessionStore, SessionStoreError,
+};
+
 use super::conns::{Activity, hold_until_sent};
 use crate::access::{Access, AuthError, Principal, TokenError};
 
@@ -78,8 +82,11 @@ pub struct Front {
     tool_scopes: HashMap<String, Vec<String>>,
     /// `server.audit`: refusals are recorded there too.
     audit: Option<Arc<crate::audit::Audit>>,
-    /// The open MCP sessions, by id.
+    /// The open MCP sessions, by id, parked ones included.
     sessions: Mutex<HashMap<String, Session>>,
+    /// What each session was opened with (its `initialize` parameters, as JSON): all a
+    /// parked session keeps, and what rmcp replays to wake it ([`SessionStore`]).
+    opened_with: Mutex<HashMap<String, Box<str>>>,
     /// `server.limits`.
     limits: crate::config::ServerLimits,
 }
@@ -88,9 +95,39 @@ pub struct Front {
 struct Session {
     /// The principal that opened it (`method:id`); `None` without authentication.
     owner: Option<String>,
-    /// Its requests being answered (a call's SSE stream, a GET stream).
+    /// Its requests being answered (a call's SSE stream, a GET stream) and its calls.
     activity: Arc<Activity>,
+    /// Held for writing while the session is being parked, so no request starts on it
+    /// then; a request holds it for reading until it is counted in `activity`.
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
+
+/// A request's session, in its extensions: the MCP handler counts the session busy for as
+/// long as a call runs, even when the client has stopped reading its answer.
+#[derive(Clone)]
+pub struct SessionActivity(pub Arc<Activity>);
+
+/// A session that may be parked: idle, with the gate to close while parking it.
+pub(super) struct Parkable {
+    pub id: String,
+    activity: Arc<Activity>,
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl Parkable {
+    /// Locks the session against new requests, when it is still idle for `idle`; the
+    /// session is parked while the returned guard is held.
+    pub fn lock_if_idle(&self, idle: std::time::Duration) -> Option<ParkGuard> {
+        let guard = self.gate.clone().try_write_owned().ok()?;
+        self.activity
+            .idle_for()
+            .is_some_and(|d| d >= idle)
+            .then_some(ParkGuard(guard))
+    }
+}
+
+/// Held while a session is parked ([`Parkable::lock_if_idle`]).
+pub(super) struct ParkGuard(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>);
 
 impl Front {
     pub(super) fn new(
@@ -104,6 +141,7 @@ impl Front {
             tool_scopes,
             audit,
             sessions: Mutex::new(HashMap::new()),
+            opened_with: Mutex::new(HashMap::new()),
             limits,
         }
     }
@@ -133,18 +171,35 @@ impl Front {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets the sessions for which `alive` says no.
-    pub(super) fn retain_sessions(&self, alive: impl Fn(&str) -> bool) {
-        self.lock().retain(|id, _| alive(id));
+    fn lock_opened(&self) -> std::sync::MutexGuard<'_, HashMap<String, Box<str>>> {
+        self.opened_with.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The sessions with nothing in flight for `server.limits.session_idle`.
-    pub(super) fn idle_sessions(&self) -> Vec<String> {
-        let limit = self.limits.session_idle.0;
+    /// Keeps the sessions that are `live` in rmcp or parked (their `initialize` kept), and
+    /// what those and the sessions rmcp is still opening were opened with.
+    pub(super) fn retain_sessions(&self, live: impl Fn(&str) -> bool) {
+        let mut sessions = self.lock();
+        let mut opened = self.lock_opened();
+        sessions.retain(|id, _| live(id) || opened.contains_key(id));
+        opened.retain(|id, _| live(id) || sessions.contains_key(id));
+    }
+
+    /// Forgets a session: it can't be woken any more.
+    pub(super) fn forget(&self, id: &str) {
+        self.lock().remove(id);
+        self.lock_opened().remove(id);
+    }
+
+    /// The sessions with nothing in flight for `idle`.
+    pub(super) fn idle_sessions(&self, idle: std::time::Duration) -> Vec<Parkable> {
         self.lock()
             .iter()
-            .filter(|(_, s)| s.activity.idle_for().is_some_and(|d| d >= limit))
-            .map(|(id, _)| id.clone())
+            .filter(|(_, s)| s.activity.idle_for().is_some_and(|d| d >= idle))
+            .map(|(id, s)| Parkable {
+                id: id.clone(),
+                activity: s.activity.clone(),
+                gate: s.gate.clone(),
+            })
             .collect()
     }
 
@@ -252,8 +307,8 @@ pub(super) async fn check(
         let found = front
             .lock()
             .get(id)
-            .map(|s| (s.owner.clone(), s.activity.clone()));
-        if let Some((owner, activity)) = found {
+            .map(|s| (s.owner.clone(), s.activity.clone(), s.gate.clone()));
+        if let Some((owner, activity, gate)) = found {
             if let Some(who) = &principal
                 && owner != owner_key
             {
@@ -281,7 +336,11 @@ pub(super) async fn check(
                     ),
                 );
             }
+            // A session being parked is woken once parked (rmcp replays its initialize).
+            let open = gate.read().await;
             holds.push(activity.hold());
+            drop(open);
+            req.extensions_mut().insert(SessionActivity(activity));
         }
     } else if is_mcp
         && req.method() == Method::POST
@@ -317,13 +376,12 @@ pub(super) async fn check(
                     Session {
                         owner: owner_key,
                         activity: Arc::new(Activity::new()),
+                        gate: Arc::new(tokio::sync::RwLock::new(())),
                     },
                 );
             }
         }
-        Some(old) if deleting && response.status().is_success() => {
-            front.lock().remove(old);
-        }
+        Some(old) if deleting && response.status().is_success() => front.forget(old),
         _ => {}
     }
     hold_until_sent(response, holds)
@@ -382,4 +440,31 @@ async fn step_up(
 /// The principal a request was authenticated as (`None` when authentication is off).
 pub fn principal_of(req: &axum::http::Extensions) -> Option<&Principal> {
     req.get::<Principal>()
+}
+
+/// rmcp's session store, kept in memory: what a session was opened with, so a parked one
+/// can be woken. Only the sessions this front door knows are woken, so a session keeps its
+/// owner check across parking.
+#[async_trait::async_trait]
+impl SessionStore for Front {
+    async fn load(&self, session_id: &str) -> Result<Option<SessionState>, SessionStoreError> {
+        if !self.lock().contains_key(session_id) {
+            return Ok(None);
+        }
+        let Some(json) = self.lock_opened().get(session_id).cloned() else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_str(&json)?))
+    }
+
+    async fn store(&self, session_id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
+        let json = serde_json::to_string(state)?.into_boxed_str();
+        self.lock_opened().insert(session_id.to_owned(), json);
+        Ok(())
+    }
+
+    async fn delete(&self, session_id: &str) -> Result<(), SessionStoreError> {
+        self.forget(session_id);
+        Ok(())
+    }
 }

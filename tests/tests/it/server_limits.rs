@@ -123,19 +123,7 @@ fn slow_headers_and_idle_connections_are_closed_on_time_and_a_flood_cannot_starv
 }
 
 fn initialize(addr: &str, key: &str) -> mcpfier_tests::Reply {
-    let auth = format!("Bearer {key}");
-    http_exchange(
-        addr,
-        "POST",
-        "/mcp",
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-            ("Authorization", &auth),
-        ],
-        INIT,
-    )
-    .unwrap()
+    post_on(addr, key, None, INIT)
 }
 
 #[test]
@@ -191,21 +179,12 @@ fn sessions_are_capped_overall_and_per_principal_and_idle_ones_expire() {
         "expired early: {:?}",
         t0.elapsed()
     );
-    let auth = format!("Bearer {a}");
-    let gone = http_exchange(
+    let gone = post_on(
         &c.addr,
-        "POST",
-        "/mcp",
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-            ("Authorization", &auth),
-            ("Mcp-Session-Id", &session),
-            ("Mcp-Protocol-Version", "2025-06-18"),
-        ],
+        a,
+        Some(&session),
         r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
-    )
-    .unwrap();
+    );
     assert_eq!(
         gone.status, 404,
         "an expired session still answers: {}",
@@ -233,4 +212,190 @@ fn a_call_longer_than_session_idle_runs_to_its_end() {
         "{}",
         results[0]
     );
+}
+
+/// A POST to `/mcp` with `key`'s credential, on `session` when given.
+fn post_on(addr: &str, key: &str, session: Option<&str>, body: &str) -> mcpfier_tests::Reply {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", auth.as_str()),
+    ];
+    if let Some(id) = session {
+        headers.extend([
+            ("Mcp-Session-Id", id),
+            ("Mcp-Protocol-Version", "2025-06-18"),
+        ]);
+    }
+    http_exchange(addr, "POST", "/mcp", &headers, body).unwrap()
+}
+
+/// How many times the server has logged parking `session`.
+fn times_parked(c: &Coordinator, session: &str) -> usize {
+    c.log_text()
+        .lines()
+        .filter(|l| l.contains("parked an idle MCP session") && l.contains(session))
+        .count()
+}
+
+#[test]
+fn an_idle_session_is_parked_and_woken_by_its_next_request_with_its_owner_and_calls_kept() {
+    let scratch = Scratch::new();
+    let ledger = scratch.path().join("ledger");
+    let (a, a_line) = mcpfier_tests::new_key("a", "r");
+    let (b, b_line) = mcpfier_tests::new_key("b", "r");
+    let config = scratch.write(
+        "park.yaml",
+        &format!(
+            "server:\n  limits: {{session_park: 1s}}\n  auth:\n    api_keys:\n      {a_line}\n      {b_line}\nroles:\n  r: {{tools: [hello, mark]}}\ntools:\n  - {{name: hello, command: [/bin/echo, hello]}}\n  - {{name: mark, command: [/bin/sh, -c, \"sleep 5; echo ran >> {}\"], timeout: 30s}}\n",
+            ledger.display()
+        ),
+    );
+    let c = Coordinator::start(
+        &config,
+        &[("MCPFIER_LOG", "info,mcpfier_coordinator::http=debug")],
+        &[],
+    );
+    let opened = initialize(&c.addr, &a);
+    assert_eq!(opened.status, 200, "{}", opened.body);
+    let session = opened.header("mcp-session-id").unwrap().to_owned();
+    let initialized = post_on(
+        &c.addr,
+        &a,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(initialized.status, 202, "{}", initialized.body);
+    let parked = wait_for(Duration::from_secs(10), || {
+        (times_parked(&c, &session) >= 1).then_some(())
+    });
+    assert!(parked.is_some(), "never parked:\n{}", c.log_text());
+
+    // Parked, the session still belongs to `a`: `b` is refused and does not wake it.
+    let stolen = post_on(
+        &c.addr,
+        &b,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    );
+    assert_eq!(stolen.status, 403, "{}", stolen.body);
+    // Its owner's next request wakes it, unseen: the call is answered on the same session.
+    let hello = post_on(
+        &c.addr,
+        &a,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"hello","arguments":{}}}"#,
+    );
+    assert_eq!(hello.status, 200, "{}", hello.body);
+    assert!(
+        hello.body.contains(r#""id":3"#) && hello.body.contains("hello"),
+        "{}",
+        hello.body
+    );
+
+    // A call whose client drops its stream keeps the session busy to its end: not parked
+    // under it, so the client can resume the stream (Last-Event-ID) while the call runs and
+    // get the answer; the command runs once.
+    let before = times_parked(&c, &session);
+    let call =
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"mark","arguments":{}}}"#;
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nAuthorization: Bearer {a}\r\nMcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n\r\n{call}",
+        c.addr,
+        call.len()
+    )
+    .unwrap();
+    let primed = read_until(&mut s, "retry:");
+    let event = primed
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap_or_else(|| panic!("no event id in {primed}"))
+        .to_owned();
+    drop(s);
+    // Two parking periods pass with the call running and its stream gone: still not parked.
+    let parked_under_call = wait_for(Duration::from_millis(2500), || {
+        (times_parked(&c, &session) > before).then_some(())
+    });
+    assert!(
+        parked_under_call.is_none() && !ledger.exists(),
+        "parked while its call ran:\n{}",
+        c.log_text()
+    );
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    write!(
+        s,
+        "GET /mcp HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {a}\r\nMcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18\r\nLast-Event-ID: {event}\r\n\r\n",
+        c.addr
+    )
+    .unwrap();
+    let resumed = read_until(&mut s, r#""id":4"#);
+    assert!(
+        resumed.contains(r#""id":4,"result""#),
+        "the answer was lost: {resumed}\n{}",
+        c.log_text()
+    );
+    drop(s);
+    let ran = wait_for(Duration::from_secs(5), || ledger.exists().then_some(()));
+    assert!(ran.is_some(), "the call never ended:\n{}", c.log_text());
+    assert_eq!(mcpfier_tests::read_lines(&ledger), ["ran"]);
+
+    // Parked again once the call is over; a DELETE then closes it for good.
+    let again = wait_for(Duration::from_secs(10), || {
+        (times_parked(&c, &session) > before).then_some(())
+    });
+    assert!(
+        again.is_some(),
+        "not parked after the call:\n{}",
+        c.log_text()
+    );
+    let auth = format!("Bearer {a}");
+    let deleted = http_exchange(
+        &c.addr,
+        "DELETE",
+        "/mcp",
+        &[
+            ("Authorization", &auth),
+            ("Mcp-Session-Id", &session),
+            ("Mcp-Protocol-Version", "2025-06-18"),
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    let gone = post_on(
+        &c.addr,
+        &a,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#,
+    );
+    assert_eq!(
+        gone.status, 404,
+        "a deleted parked session answers: {}",
+        gone.body
+    );
+}
+
+/// Reads from `s` until `needle` has arrived (10 s at most); what was read.
+fn read_until(s: &mut TcpStream, needle: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline && !String::from_utf8_lossy(&got).contains(needle) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading the stream: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
