@@ -45,6 +45,13 @@ pub struct AgentConfig {
     /// (default 30s).
     #[serde(default = "default_drain_grace")]
     pub drain_grace: HumanDuration,
+    /// Serve Prometheus metrics at `http://ADDRESS/metrics` (plain HTTP, no credential).
+    /// Loopback only, unless `metrics_public: true`.
+    pub metrics_listen: Option<String>,
+    /// Let `metrics_listen` be a non-loopback address: anyone who reaches it reads the
+    /// agent's metrics (tool call counts, refusals, load), never arguments or output.
+    #[serde(default)]
+    pub metrics_public: bool,
 }
 
 /// The agent's `etcd` section.
@@ -98,6 +105,8 @@ pub struct Loaded {
     pub config: AgentConfig,
     /// `config.listen`, parsed.
     pub listen: SocketAddr,
+    /// `config.metrics_listen`, parsed.
+    pub metrics_listen: Option<SocketAddr>,
     /// TLS files with paths resolved.
     pub tls: TlsFiles,
     /// How to reach etcd (TLS, credentials), resolved; default without an `etcd` section.
@@ -209,6 +218,27 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         }
         Err(e) => problems.push(format!("tls: {e}")),
     }
+    let metrics_listen = match config
+        .metrics_listen
+        .as_deref()
+        .map(str::parse::<SocketAddr>)
+    {
+        None => None,
+        Some(Ok(addr)) if !addr.ip().is_loopback() && !config.metrics_public => {
+            problems.push(format!(
+                "metrics_listen: {addr} is not a loopback address, and metrics have no credential; use 127.0.0.1:PORT, or set metrics_public: true to let anyone who reaches it read them"
+            ));
+            None
+        }
+        Some(Ok(addr)) => Some(addr),
+        Some(Err(_)) => {
+            problems.push(format!(
+                "metrics_listen: `{}` is not an address; write IP:PORT, e.g. 127.0.0.1:9464",
+                config.metrics_listen.as_deref().unwrap_or_default()
+            ));
+            None
+        }
+    };
     if !problems.is_empty() {
         bail!(
             "{} has {} problem{}:\n  {}",
@@ -220,6 +250,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     }
     Ok(Loaded {
         listen: listen.expect("checked above"),
+        metrics_listen,
         tls,
         etcd_access,
         config,

@@ -118,6 +118,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     tasks.spawn(executor.reaper().run(shutdown.clone()));
+    if let Some(addr) = loaded.metrics_listen {
+        let listener = mcpfier_agent::metrics::bind(addr).await?;
+        tasks.spawn(mcpfier_agent::metrics::serve(
+            listener,
+            calls.clone(),
+            admission.clone(),
+            config.capacity,
+            shutdown.clone(),
+        ));
+    }
     let service = AgentService::new(
         config.clone(),
         calls.clone(),

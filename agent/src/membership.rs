@@ -342,6 +342,8 @@ impl Membership {
                 message = stream.message() => match message {
                     Ok(Some(r)) if r.ttl() > 0 => {
                         if let Some(at) = sent.pop_front() {
+                            metrics::histogram!(mcpfier_common::metrics::AGENT_LEASE_RENEW)
+                                .record(at.elapsed().as_secs_f64());
                             self.admission.renewed(at);
                         }
                     }

@@ -352,6 +352,35 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The metrics label for it: which rule refused.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Tool { .. } => "tool",
+            Refusal::Local => "local",
+            Refusal::ProgramPath(_) => "program_path",
+            Refusal::ProgramNotFound { .. } => "program_not_found",
+            Refusal::Program { .. } => "program",
+            Refusal::Env { .. } => "env",
+            Refusal::Workdir { .. } => "workdir",
+            Refusal::WorkdirMissing(_) => "workdir_missing",
+            Refusal::Timeout { .. } => "timeout",
+            Refusal::KillGrace { .. } => "kill_grace",
+            Refusal::Output { .. } => "output",
+            Refusal::Containers => "containers",
+            Refusal::Image { .. } => "image",
+            Refusal::Limit { .. } => "limit",
+            Refusal::Mount { .. } => "mount",
+            Refusal::MountMissing(_) => "mount_missing",
+            Refusal::Network { .. } => "network",
+            Refusal::User { .. } => "user",
+            Refusal::WritableRoot => "writable_root",
+            Refusal::Unsigned(_) => "unsigned",
+            Refusal::Unverified(_) => "unverified",
+            Refusal::SignedArgs { .. } => "signed_args",
+            Refusal::NotAsSigned { .. } => "not_as_signed",
+        }
+    }
+
     /// The error table's kind: a missing program or directory is a start failure (the call
     /// can't run here), everything else is `policy`.
     pub fn kind(&self) -> ErrorKind {

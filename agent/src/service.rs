@@ -188,6 +188,8 @@ impl agent_server::Agent for AgentService {
             Ok(exec) => exec,
             Err(refusal) => {
                 warn!(call_id = %req.call_id, tool = %req.tool, %refusal, "refused by policy");
+                metrics::counter!(mcpfier_common::metrics::AGENT_POLICY_REFUSALS, "reason" => refusal.reason())
+                    .increment(1);
                 return Err(wire::refusal(
                     refusal.kind(),
                     format!("agent `{agent}` refuses: {refusal}"),
@@ -338,6 +340,13 @@ async fn run(
     };
     let work = executor.run(&exec, &call_id, &tool, Some(tx), call.cancel.clone());
     let result = tokio::join!(work, forward).0;
+    let outcome = match &result {
+        Ok(o) if o.timed_out => "timed_out".to_owned(),
+        Ok(o) if o.cancelled => "cancelled".to_owned(),
+        Ok(_) => "ran".to_owned(),
+        Err(e) => e.kind().to_string(),
+    };
+    metrics::counter!(mcpfier_common::metrics::AGENT_CALLS, "outcome" => outcome).increment(1);
     let finished = match result {
         Ok(outcome) => {
             info!(

@@ -1,6 +1,6 @@
 //! What both the coordinator and the agent need: mutual-TLS identities ([`tls`]), etcd
 //! membership ([`membership`]), secret references ([`secret`]), name globs ([`glob`]), the
-//! log set-up ([`logging`]), and byte
+//! log set-up ([`logging`]), Prometheus metrics ([`metrics`]), and byte
 //! sizes and durations written the way people write them (`1MiB`, `30s`).
 
 #![forbid(unsafe_code)]
@@ -8,6 +8,7 @@
 pub mod glob;
 pub mod logging;
 pub mod membership;
+pub mod metrics;
 pub mod net;
 pub mod secret;
 pub mod tls;

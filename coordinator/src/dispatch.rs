@@ -189,7 +189,8 @@ impl Dispatcher {
         output: Option<UnboundedSender<Event>>,
         cancel: CancellationToken,
     ) -> Result<Ran, Error> {
-        let deadline = tokio::time::Instant::now() + tool.timeout;
+        let queued = tokio::time::Instant::now();
+        let deadline = queued + tool.timeout;
         let waited = || humantime::format_duration(round(tool.timeout)).to_string();
         let _tool_slot =
             match &tool.slots {
@@ -208,6 +209,9 @@ impl Dispatcher {
                 limit: self.catalog.server.max_concurrency,
                 waited: waited(),
             })?;
+        metrics::histogram!(mcpfier_common::metrics::QUEUE_WAIT)
+            .record(queued.elapsed().as_secs_f64());
+        let _in_flight = InFlight::enter();
         match &self.fleet {
             Some(fleet) => {
                 let ran = fleet.run(tool, exec, request_id, output, cancel).await?;
@@ -228,6 +232,22 @@ impl Dispatcher {
                 })
             }
         }
+    }
+}
+
+/// Counts a call in `mcpfier_calls_in_flight` until dropped.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        metrics::gauge!(mcpfier_common::metrics::CALLS_IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(mcpfier_common::metrics::CALLS_IN_FLIGHT).decrement(1.0);
     }
 }
 

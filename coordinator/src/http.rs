@@ -128,7 +128,7 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     ));
     tasks.spawn(keep_sessions(
         front.clone(),
-        sessions,
+        sessions.clone(),
         catalog.server.limits.clone(),
         tasks.clone(),
         shutdown.clone(),
@@ -151,6 +151,8 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         )
     };
     let (fleet_for_one, may_read_one) = (fleet.clone(), may_read.clone());
+    let (fleet_for_metrics, may_read_metrics) = (fleet.clone(), may_read.clone());
+    let front_for_metrics = front.clone();
     let fleet_for_health = fleet.clone();
     let auth_on = catalog.access.enabled();
     Router::new()
@@ -189,6 +191,24 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
                         ),
                         _ => "ok\n".to_owned(),
                     }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move |ext: axum::http::Extensions| {
+                let allowed = may_read_metrics(&ext);
+                let (fleet, front, sessions) = (
+                    fleet_for_metrics.clone(),
+                    front_for_metrics.clone(),
+                    sessions.clone(),
+                );
+                async move {
+                    if let Some(refused) = allowed {
+                        return refused;
+                    }
+                    let live = live_sessions(&sessions).await;
+                    metrics_page(fleet.as_deref(), &front, &live)
                 }
             }),
         )
@@ -441,6 +461,50 @@ async fn keep_sessions(
     }
 }
 
+/// `GET /metrics`: the gauges read from the routing view and the sessions, then every
+/// metric in Prometheus' text format.
+fn metrics_page(
+    fleet: Option<&crate::fleet::Fleet>,
+    front: &Front,
+    live: &HashSet<String>,
+) -> Response {
+    use mcpfier_common::metrics as m;
+    let parked = front.parked_sessions(|id| live.contains(id));
+    metrics::gauge!(m::SESSIONS, "state" => "parked").set(parked as f64);
+    metrics::gauge!(m::SESSIONS, "state" => "live")
+        .set(front.open_sessions().saturating_sub(parked) as f64);
+    if let Some(fleet) = fleet {
+        let (agents, etcd) = fleet.view();
+        let mut counts = [("healthy", 0u32), ("draining", 0), ("unhealthy", 0)];
+        for a in &agents {
+            if let Some(c) = counts.iter_mut().find(|(state, _)| *state == a.state) {
+                c.1 += 1;
+            }
+        }
+        for (state, n) in counts {
+            metrics::gauge!(m::AGENTS, "state" => state).set(f64::from(n));
+        }
+        if etcd.configured {
+            metrics::gauge!(m::ETCD_UP).set(if etcd.connected { 1.0 } else { 0.0 });
+        }
+    }
+    match m::render() {
+        Some(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            text,
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics are not recorded in this process\n",
+        )
+            .into_response(),
+    }
+}
+
 /// Parking this many sessions in one pass (~65 KB each) is worth a heap trim.
 const TRIM_AFTER_PARKED: usize = 64;
 
@@ -465,6 +529,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let catalog = dispatcher.catalog().clone();
     check_listen(listen, &catalog)?;
+    mcpfier_common::metrics::install().map_err(anyhow::Error::msg)?;
     let acceptor = match &catalog.tls {
         Some(files) => {
             let store = Arc::new(tls::CertStore::new(files));

@@ -453,6 +453,7 @@ impl Server {
         tool: Option<&Tool>,
         fields: Value,
     ) {
+        count_call(tool, &fields);
         let Some(audit) = self.dispatcher.audit() else {
             return;
         };
@@ -699,6 +700,41 @@ impl Server {
             }
         }
     }
+}
+
+/// Counts a call in the metrics, by its audit outcome: a call that ran is `ok` or `failed`
+/// by the tool's exit codes. A tool that does not exist is counted as `unknown`, so client
+/// input never becomes a label.
+fn count_call(tool: Option<&Tool>, fields: &Value) {
+    use mcpfier_common::metrics as m;
+    let name = tool.map_or("unknown", |t| t.name.as_str()).to_owned();
+    let outcome = match fields["outcome"].as_str().unwrap_or("unknown") {
+        "ran" => {
+            let exit = fields["exit_code"].as_i64().map(|c| c as i32);
+            if tool.is_some_and(|t| t.ok_exit(exit)) {
+                "ok"
+            } else {
+                "failed"
+            }
+        }
+        other => other,
+    };
+    let outcome = outcome.to_owned();
+    match outcome.as_str() {
+        "forbidden" | "forbidden_arguments" | "insufficient_scope" => {
+            metrics::counter!(m::AUTHZ_REFUSALS, "reason" => outcome.clone()).increment(1)
+        }
+        "rate_limited" => {
+            let reason = fields["reason"].as_str().unwrap_or("rate").to_owned();
+            metrics::counter!(m::RATE_LIMITED, "reason" => reason).increment(1)
+        }
+        _ => {}
+    }
+    if let Some(ms) = fields["duration_ms"].as_u64() {
+        metrics::histogram!(m::TOOL_CALL_DURATION, "tool" => name.clone())
+            .record(ms as f64 / 1000.0);
+    }
+    metrics::counter!(m::TOOL_CALLS, "tool" => name, "outcome" => outcome).increment(1);
 }
 
 /// The HTTP request a message came in (rmcp puts its parts in the context); `None` over

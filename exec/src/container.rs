@@ -217,7 +217,7 @@ impl Engine {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(id, Some(options)).await {
+        let removed = match self.docker.remove_container(id, Some(options)).await {
             Ok(()) => true,
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
@@ -226,7 +226,11 @@ impl Engine {
                 warn!(container = %id, error = %e, "could not remove a container");
                 false
             }
-        }
+        };
+        let result = if removed { "removed" } else { "failed" };
+        metrics::counter!(mcpfier_common::metrics::CONTAINER_REMOVALS, "result" => result)
+            .increment(1);
+        removed
     }
 
     async fn ensure_image(&self, spec: &ContainerSpec, within: Duration) -> Result<(), Error> {

@@ -186,10 +186,20 @@ impl Executor {
                 Ok(process::run(exec, events, cancel, group).await?)
             }
             Some(spec) => {
-                let engine = self.docker().await?;
-                Ok(engine
-                    .run(exec, spec, call_id, tool, events, cancel)
-                    .await?)
+                let result = match self.docker().await {
+                    Ok(engine) => engine.run(exec, spec, call_id, tool, events, cancel).await,
+                    Err(e) => Err(e),
+                };
+                let outcome = match &result {
+                    Ok(o) if o.timed_out => "timed_out".to_owned(),
+                    Ok(o) if o.cancelled => "cancelled".to_owned(),
+                    Ok(o) if o.oom_killed => "oom_killed".to_owned(),
+                    Ok(_) => "ran".to_owned(),
+                    Err(e) => e.kind().to_string(),
+                };
+                metrics::counter!(mcpfier_common::metrics::CONTAINER_CALLS, "outcome" => outcome)
+                    .increment(1);
+                Ok(result?)
             }
         }
     }

@@ -7,7 +7,8 @@
 //!
 //! One module per role: `build` (the binaries and the Python), `process` (temp dirs, processes,
 //! deadlines), `coordinator`, `agent`, `certs`, `etcd`, `mcp_client` (the Python MCP driver),
-//! `http`, `docker` and `proxy` (a TCP relay that stalls or cuts connections on demand).
+//! `http`, `docker`, `prometheus` (a real Prometheus scraping them) and `proxy` (a TCP relay
+//! that stalls or cuts connections on demand).
 //! Everything is re-exported here, so tests name `mcpfier_tests::X`.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ mod etcd;
 mod http;
 mod mcp_client;
 mod process;
+mod prometheus;
 mod proxy;
 
 pub use agent::Agent;
@@ -39,4 +41,5 @@ pub use mcp_client::{
 pub use process::{
     Process, Scratch, alive, assert_all_gone, mcpfier_cli, new_key, read_lines, read_pids, wait_for,
 };
+pub use prometheus::Prometheus;
 pub use proxy::{Direction, Proxy};

@@ -26,6 +26,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("etcd-server", "/usr/bin/etcd"),
     // The container tests import a root filesystem around it as their image.
     ("busybox-static", "/bin/busybox"),
+    // The metrics tests scrape the binaries with a real Prometheus.
+    ("prometheus", "/usr/bin/prometheus"),
 ];
 
 /// Debian packages the benchmark needs.

@@ -37,6 +37,8 @@ pub(super) struct Status {
     pub(super) allow_tools: Option<Arc<Globs>>,
     /// Unix ms of the last record from etcd (etcd agents).
     pub(super) updated_at: Option<u64>,
+    /// Unix ms of the last health check it answered.
+    pub(super) checked_at: Option<u64>,
     /// Announced features (`docker`, ...).
     pub(super) features: Vec<String>,
     /// `started_at` of the etcd record the agent joined with: a new one means a new run of
@@ -143,6 +145,12 @@ pub struct AgentView {
     pub last_error: Option<String>,
     /// Unix time in milliseconds of its last etcd record; `None` for a static agent.
     pub updated_at_ms: Option<u64>,
+    /// `healthy`, `draining` (it said it is draining or fenced) or `unhealthy` (out of
+    /// routing, `last_error` says why).
+    pub state: &'static str,
+    /// Unix time in milliseconds it was last heard from: its last answered health check or
+    /// etcd record; `None` if never.
+    pub last_seen_ms: Option<u64>,
 }
 
 impl Agent {
@@ -195,6 +203,12 @@ impl Agent {
             running: s.running,
             capacity: s.capacity,
             inflight: self.inflight.load(Ordering::SeqCst),
+            state: match (s.healthy, s.draining) {
+                (true, false) => "healthy",
+                (true, true) => "draining",
+                (false, _) => "unhealthy",
+            },
+            last_seen_ms: s.updated_at.max(s.checked_at),
             last_error: s.last_error,
             updated_at_ms: s.updated_at,
         }
@@ -357,6 +371,7 @@ impl Agent {
                     s.last_error = None;
                     s.failed_checks = 0;
                     s.next_check = None;
+                    s.checked_at = Some(unix_ms());
                 });
                 if !was {
                     info!(agent = %self.id, address = %self.address, "agent healthy");
@@ -365,6 +380,13 @@ impl Agent {
             Err(e) => self.mark_failed(&e),
         }
     }
+}
+
+/// Now, as Unix milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Counts a call in flight on an agent while alive.

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mcpfier_exec::{ErrorKind, Event, Execution, wire};
+use mcpfier_exec::{ErrorKind, Event, Execution, HasKind, wire};
 use mcpfier_proto::v1::{self, execute_event};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,20 @@ enum Attempt {
     Lost(String),
     /// The call ended: its result, or the agent's report that it could not start, or a cancel.
     Done(Result<Ran, Error>),
+}
+
+/// Counts an attempt in `mcpfier_dispatch_total` by agent and result: `accepted` (the agent
+/// ran it, whatever the command did), `refused_<kind>`, `not_sent` or `lost`.
+fn count_dispatch(agent: &str, attempt: &Attempt) {
+    let result = match attempt {
+        Attempt::Done(Ok(_)) => "accepted".to_owned(),
+        Attempt::Done(Err(e)) => format!("failed_{}", e.kind()),
+        Attempt::Refused { kind, .. } => format!("refused_{kind}"),
+        Attempt::NotSent(_) => "not_sent".to_owned(),
+        Attempt::Lost(_) => "lost".to_owned(),
+    };
+    metrics::counter!(mcpfier_common::metrics::DISPATCH, "agent" => agent.to_owned(), "result" => result)
+        .increment(1);
 }
 
 impl Fleet {
@@ -75,6 +89,7 @@ impl Fleet {
                     &agent, tool, exec, &call_id, request_id, started, &events, &cancel,
                 )
                 .await;
+            count_dispatch(&agent.id, &attempt);
             match attempt {
                 Attempt::Done(result) => return result,
                 Attempt::Refused { kind, why } => {
@@ -101,6 +116,7 @@ impl Fleet {
                     let time_left = started.elapsed() + Duration::from_millis(500) < exec.timeout;
                     if tool.idempotent() && lost.is_none() && time_left {
                         warn!(agent = %agent.id, call_id = %call_id, why = %why, "agent lost; retrying the idempotent call on another agent");
+                        metrics::counter!(mcpfier_common::metrics::DISPATCH, "agent" => agent.id.clone(), "result" => "retried").increment(1);
                         lost = Some((agent.id.clone(), call_id, why));
                         call_id = uuid::Uuid::new_v4().to_string();
                         continue;

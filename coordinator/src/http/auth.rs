@@ -71,6 +71,18 @@ fn refuse(access: &Access, e: &AuthError) -> Response {
     }
 }
 
+/// The metrics label for why a credential was refused.
+fn auth_reason(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::Missing => "missing",
+        AuthError::Malformed => "malformed",
+        AuthError::Invalid => "invalid_key",
+        AuthError::InQuery(_) => "in_query",
+        AuthError::Token(TokenError::Invalid(_) | TokenError::UnknownKey { .. }) => "invalid_token",
+        AuthError::Token(TokenError::Scope(_)) => "insufficient_scope",
+    }
+}
+
 /// The remote address of a request's connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
@@ -208,6 +220,12 @@ impl Front {
         self.lock().len()
     }
 
+    /// How many open sessions are parked (their rmcp session closed, `live` says which
+    /// are not).
+    pub(super) fn parked_sessions(&self, live: impl Fn(&str) -> bool) -> usize {
+        self.lock().keys().filter(|id| !live(id)).count()
+    }
+
     /// The refusal of a new session, when one more would pass `server.limits`.
     fn session_refusal(&self, owner: Option<&str>, who: Option<&Principal>) -> Option<Response> {
         let sessions = self.lock();
@@ -289,6 +307,8 @@ pub(super) async fn check(
                 reason = %e,
                 "authentication refused"
             );
+            metrics::counter!(mcpfier_common::metrics::AUTH_REFUSALS, "reason" => auth_reason(&e))
+                .increment(1);
             front
                 .record("auth_refused", None, peer, req.uri().path(), &e.to_string())
                 .await;
@@ -318,6 +338,8 @@ pub(super) async fn check(
                     owner = %owner.as_deref().unwrap_or("-"),
                     "refused a request on another principal's session"
                 );
+                metrics::counter!(mcpfier_common::metrics::AUTHZ_REFUSALS, "reason" => "session_owner")
+                    .increment(1);
                 front
                     .record(
                         "session_refused",
@@ -347,6 +369,12 @@ pub(super) async fn check(
         && let Some(refused) = front.session_refusal(owner_key.as_deref(), principal.as_ref())
     {
         warn!(peer = ?peer, principal = principal.as_ref().map_or("-", |p| p.id.as_str()), "new MCP session refused: server.limits");
+        let reason = if refused.status() == StatusCode::TOO_MANY_REQUESTS {
+            "sessions_per_principal"
+        } else {
+            "sessions"
+        };
+        metrics::counter!(mcpfier_common::metrics::RATE_LIMITED, "reason" => reason).increment(1);
         return refused;
     }
     let deleting = req.method() == Method::DELETE;
@@ -419,6 +447,8 @@ async fn step_up(
         let missing = principal.missing_scopes(needed);
         if !missing.is_empty() {
             warn!(principal = %principal.id, tool = %tool, missing = %missing.join(" "), "call refused: the token lacks a scope the tool needs");
+            metrics::counter!(mcpfier_common::metrics::AUTHZ_REFUSALS, "reason" => "insufficient_scope")
+                .increment(1);
             front
                 .record(
                     "insufficient_scope",

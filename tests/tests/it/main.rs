@@ -11,6 +11,7 @@ mod fleet;
 mod front_door;
 mod mcp;
 mod membership;
+mod metrics;
 mod paths;
 mod policy;
 mod server_limits;
