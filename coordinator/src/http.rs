@@ -3,6 +3,7 @@
 //! the fleet's views and a `/healthz` for probes.
 
 pub mod auth;
+pub mod client;
 pub mod conns;
 pub mod tls;
 
