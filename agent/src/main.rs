@@ -125,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             calls.clone(),
             admission.clone(),
             config.capacity,
+            config.etcd.is_some(),
             shutdown.clone(),
         ));
     }

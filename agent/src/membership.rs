@@ -263,6 +263,9 @@ impl Membership {
             outage.ended();
             lease = Some(id);
             self.admission.renewed(sent);
+            self.admission
+                .registered
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             info!(lease = format!("{id:x}"), key = %mcpfier_common::membership::agent_key(&self.etcd.prefix, &self.id), "registered in etcd");
             if let Some(tx) = first.take() {
                 let _ = tx.send(Ok(()));

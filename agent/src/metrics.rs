@@ -1,5 +1,6 @@
-//! `GET /metrics` on `metrics_listen`: the agent's Prometheus metrics, its load and fencing
-//! read at each scrape.
+//! `metrics_listen`: `GET /metrics`, the agent's Prometheus metrics with its load and
+//! fencing read at each scrape, and the probes `/healthz` (the process answers) and
+//! `/readyz` (it takes calls: not draining, not fenced, registered when it uses etcd).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,24 +24,45 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("metrics_listen: bind {addr}"))
 }
 
-/// Serves `/metrics` on `listener` until `shutdown`.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`. `etcd`:
+/// whether the agent registers in etcd.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     calls: Arc<Calls>,
     admission: Arc<Admission>,
     capacity: u32,
+    etcd: bool,
     shutdown: CancellationToken,
 ) {
     if let Ok(local) = listener.local_addr() {
         tracing::info!(address = %local, "serving metrics at http://{local}/metrics");
     }
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let (calls, admission) = (calls.clone(), admission.clone());
-            async move { page(&calls, &admission, capacity) }
-        }),
-    );
+    let ready = admission.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (calls, admission) = (calls.clone(), admission.clone());
+                async move { page(&calls, &admission, capacity) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let not_ready = ready.not_ready(etcd);
+                async move {
+                    match not_ready {
+                        Some(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        )
+                            .into_response(),
+                        None => "ready\n".into_response(),
+                    }
+                }
+            }),
+        );
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

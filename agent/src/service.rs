@@ -31,6 +31,8 @@ pub struct Admission {
     pub draining: AtomicBool,
     /// Set when the agent must take no calls whatever the lease says (its id was taken).
     pub fenced: AtomicBool,
+    /// Set once the agent registered in etcd (with etcd configured); for `/readyz`.
+    pub registered: AtomicBool,
     /// Woken when either flag changes.
     pub changed: tokio::sync::Notify,
     /// The lease's TTL in milliseconds; 0 without etcd.
@@ -45,6 +47,7 @@ impl Default for Admission {
         Admission {
             draining: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
             lease_ttl_ms: AtomicU64::new(0),
             renewed_ms: AtomicU64::new(0),
@@ -112,6 +115,20 @@ impl Admission {
     /// id was taken. It refuses new calls until that ends.
     pub fn fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst) || self.lease_lapsed()
+    }
+
+    /// Why the agent would refuse a new call now, for `/readyz`; `None` when it takes calls.
+    /// `etcd`: whether it registers in etcd, so that it is not ready before it has.
+    pub fn not_ready(&self, etcd: bool) -> Option<&'static str> {
+        if self.draining() {
+            Some("draining: running calls finish, new ones go elsewhere")
+        } else if etcd && !self.registered.load(Ordering::SeqCst) {
+            Some("not registered in etcd yet")
+        } else if self.fenced() {
+            Some("fenced: the etcd lease lapsed or the id is taken")
+        } else {
+            None
+        }
     }
 }
 
@@ -312,6 +329,7 @@ impl agent_server::Agent for AgentService {
             running: self.calls.running() as u32,
             capacity: self.config.capacity,
             draining: self.admission.draining() || self.admission.fenced(),
+            fenced: self.admission.fenced(),
         }))
     }
 }

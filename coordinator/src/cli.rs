@@ -109,7 +109,26 @@ Exit status: the command's own; 124 on timeout; 128+N when killed by signal N;\n
         #[command(subcommand)]
         command: CatalogCommand,
     },
-    /// List the agents registered in etcd (fleet.etcd in the config).
+    /// A running coordinator's routing view: every agent's state as routing sees it (health
+    /// checks, refusals, fencing), for static and etcd fleets alike.
+    #[command(after_help = "Example:\n  mcpfier --config mcpfier.yaml status\n  \
+MCPFIER_TOKEN=$OPS_KEY mcpfier status --url https://mcp.example.com --ca ca.pem --output json\n\n\
+The credential, when the coordinator has server.auth, comes from $MCPFIER_TOKEN: an API key\n\
+or token whose roles have `fleet: read`.")]
+    Status {
+        /// The coordinator's base URL. Without it: the config's server.listen.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// CA certificates (PEM) for an https URL. Without it: the system's roots.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// text (a table) or json (the coordinator's /fleet answer).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// List the agents registered in etcd: what etcd holds, not what routing sees. An agent
+    /// killed a moment ago stays here until its lease runs out; `mcpfier status` shows it
+    /// out of routing at once.
     #[command(after_help = "Example:\n  mcpfier --config mcpfier.yaml agents --json")]
     Agents {
         /// Print JSON for scripts.
@@ -122,6 +141,13 @@ Exit status: the command's own; 124 on timeout; 128+N when killed by signal N;\n
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// How a command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
 }
 
 /// A tool and its arguments, for `call` and `dry-run`.

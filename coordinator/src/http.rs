@@ -1,6 +1,6 @@
 //! `mcpfier serve`: MCP over Streamable HTTP at `/mcp` (HTTPS with `server.tls`), behind the
 //! front door's checks (`auth`: credentials, session owners), with Host and Origin checks,
-//! the fleet's views and a `/healthz` for probes.
+//! the fleet's views and `/healthz` and `/readyz` for probes.
 
 pub mod auth;
 pub mod client;
@@ -89,8 +89,8 @@ pub fn check_listen(addr: SocketAddr, catalog: &Catalog) -> anyhow::Result<()> {
     .map_err(|why| anyhow::anyhow!("refusing to serve: {why}"))
 }
 
-/// The axum router: MCP at `/mcp`, the fleet's views, `/healthz`; every request but
-/// `/healthz` passes the front door's checks first ([`auth::check`]).
+/// The axum router: MCP at `/mcp`, the fleet's views, `/healthz` and `/readyz`; every
+/// request but the probes passes the front door's checks first ([`auth::check`]).
 pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: CancellationToken) -> Router {
     let catalog = dispatcher.catalog().clone();
     // rmcp checks `/mcp`, the guard every other route, against the same lists.
@@ -155,7 +155,9 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     let (fleet_for_metrics, may_read_metrics) = (fleet.clone(), may_read.clone());
     let front_for_metrics = front.clone();
     let fleet_for_health = fleet.clone();
+    let fleet_for_ready = fleet.clone();
     let auth_on = catalog.access.enabled();
+    let started = Started::now();
     Router::new()
         .nest_service("/mcp", service)
         .route(
@@ -196,6 +198,22 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
             }),
         )
         .route(
+            "/readyz",
+            get(move || {
+                let fleet = fleet_for_ready.clone();
+                async move {
+                    match fleet.map(|f| f.view().1) {
+                        Some(etcd) if etcd.configured && !etcd.reached => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: etcd has not been reached since the coordinator started\n",
+                        )
+                            .into_response(),
+                        _ => "ready\n".into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
             "/metrics",
             get(move |ext: axum::http::Extensions| {
                 let allowed = may_read_metrics(&ext);
@@ -222,12 +240,15 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
                     if let Some(refused) = allowed {
                         return refused;
                     }
+                    let coordinator = started.view();
                     let body = match fleet {
                         Some(f) => {
                             let (agents, etcd) = f.view();
-                            serde_json::json!({"mode": "fleet", "etcd": etcd, "agents": agents})
+                            serde_json::json!({"mode": "fleet", "coordinator": coordinator,
+                                               "etcd": etcd, "agents": agents})
                         }
-                        None => serde_json::json!({"mode": "embedded", "agents": []}),
+                        None => serde_json::json!({"mode": "embedded", "coordinator": coordinator,
+                                                   "agents": []}),
                     };
                     axum::Json(body).into_response()
                 }
@@ -243,7 +264,37 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
         .layer(axum::middleware::from_fn(conns::busy_while_answering))
 }
 
-/// The Host and Origin checks rmcp gives `/mcp`, for every other route but `/healthz`
+/// When this coordinator's router was made, for `/fleet`'s version and uptime.
+#[derive(Clone, Copy)]
+struct Started {
+    at_ms: u64,
+    at: std::time::Instant,
+}
+
+impl Started {
+    fn now() -> Started {
+        Started {
+            at_ms: mcpfier_common::membership::now_ms(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at_ms": self.at_ms,
+            "uptime_s": self.at.elapsed().as_secs(),
+        })
+    }
+}
+
+/// Probes: `/healthz` (the process answers) and `/readyz` (it can route). They need no
+/// credential and pass any Host, since probes use whatever address reaches the pod.
+pub(crate) fn is_probe(path: &str) -> bool {
+    path == "/healthz" || path == "/readyz"
+}
+
+/// The Host and Origin checks rmcp gives `/mcp`, for every other route but the probes
 /// (probes use whatever address reaches the pod): a page on another origin, or a DNS
 /// rebinding, must not read the fleet's topology either.
 struct Guard {
@@ -348,7 +399,7 @@ async fn check_host_and_origin(
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
-    if path == "/healthz" || path == "/mcp" || path.starts_with("/mcp/") {
+    if is_probe(path) || path == "/mcp" || path.starts_with("/mcp/") {
         return next.run(req).await;
     }
     if let Some(refused) = g.refusal(req.headers()) {
@@ -476,7 +527,12 @@ fn metrics_page(
         .set(front.open_sessions().saturating_sub(parked) as f64);
     if let Some(fleet) = fleet {
         let (agents, etcd) = fleet.view();
-        let mut counts = [("healthy", 0u32), ("draining", 0), ("unhealthy", 0)];
+        let mut counts = [
+            ("healthy", 0u32),
+            ("draining", 0),
+            ("fenced", 0),
+            ("unhealthy", 0),
+        ];
         for a in &agents {
             if let Some(c) = counts.iter_mut().find(|(state, _)| *state == a.state) {
                 c.1 += 1;

@@ -13,3 +13,4 @@ pub mod fleet;
 pub mod http;
 pub mod mcp;
 pub mod membership;
+pub mod status;

@@ -84,6 +84,36 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
         }
+        Command::Status { url, ca, output } => {
+            let base = match url {
+                Some(url) => url.clone(),
+                None => {
+                    let (_, catalog) = load(&cli, &env).context(
+                        "status reads the coordinator's address from the config; without one, give --url",
+                    )?;
+                    mcpfier_coordinator::status::default_url(&catalog.server)
+                }
+            };
+            let ca = ca
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(http::client::SYSTEM_ROOTS));
+            let token = env
+                .get(mcpfier_coordinator::status::TOKEN_ENV)
+                .filter(|t| !t.is_empty());
+            let view = mcpfier_coordinator::status::fetch(&base, &ca, token.map(String::as_str))
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            match output {
+                cli::Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+                cli::Output::Text => print!(
+                    "{}",
+                    mcpfier_coordinator::status::render(
+                        &view,
+                        mcpfier_common::membership::now_ms()
+                    )
+                ),
+            }
+        }
         Command::Agents { json } => {
             let (_, catalog) = load(&cli, &env)?;
             let Some(etcd) = catalog.fleet.as_ref().and_then(|f| f.etcd.as_ref()) else {
@@ -115,7 +145,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
             } else {
                 println!(
                     "{:<20} {:<22} {:<10} {:>7}  {:<9} LABELS",
-                    "ID", "ADDRESS", "HEALTH", "RUNNING", "LAST SEEN"
+                    "ID", "ADDRESS", "RECORD", "RUNNING", "LAST SEEN"
                 );
                 for (id, r) in &agents {
                     let labels: Vec<_> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -124,7 +154,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                         "{:<20} {:<22} {:<10} {:>7}  {:<9} {}",
                         id,
                         r.address,
-                        if r.draining { "draining" } else { "ok" },
+                        if r.draining { "draining" } else { "registered" },
                         format!("{}/{}", r.running, r.capacity),
                         format!("{ago:.1}s ago"),
                         labels.join(",")
@@ -132,6 +162,8 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 }
                 if agents.is_empty() {
                     eprintln!("no agents registered under {}", etcd.prefix);
+                } else {
+                    eprintln!("(etcd registrations; `mcpfier status` shows what routing sees)");
                 }
             }
         }

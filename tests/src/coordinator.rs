@@ -6,7 +6,34 @@ use std::time::Duration;
 
 use crate::build::mcpfier;
 use crate::http::http_request;
-use crate::process::{Process, wait_for};
+use crate::process::{Process, Scratch, new_key, wait_for};
+
+/// A coordinator with `server.auth` and one `hi` tool, and two API keys for it: `reader`
+/// (role `watch`: `fleet: read`) and `caller` (role `call`: every tool, not the fleet).
+pub struct Guarded {
+    /// The running coordinator.
+    pub coordinator: Coordinator,
+    /// The key of `reader`.
+    pub reader: String,
+    /// The key of `caller`.
+    pub caller: String,
+}
+
+impl Guarded {
+    /// Writes the config in `scratch` and starts the coordinator.
+    pub fn start(scratch: &Scratch) -> Guarded {
+        let (reader, reader_line) = new_key("reader", "watch");
+        let (caller, caller_line) = new_key("caller", "call");
+        let config = scratch.config(&format!(
+            "server:\n  auth:\n    api_keys:\n      {reader_line}\n      {caller_line}\nroles:\n  watch: {{fleet: read}}\n  call: {{tools: [\"*\"]}}\ntools:\n  - {{name: hi, command: [/bin/echo, hi]}}\n"
+        ));
+        Guarded {
+            coordinator: Coordinator::start(&config, &[], &[]),
+            reader,
+            caller,
+        }
+    }
+}
 
 /// A running `mcpfier serve`, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Coordinator {

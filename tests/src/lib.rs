@@ -28,7 +28,7 @@ mod proxy;
 pub use agent::Agent;
 pub use build::{MCP_PYPI_PIN, mcpfier, mcpfier_agent, python, workspace};
 pub use certs::Certs;
-pub use coordinator::Coordinator;
+pub use coordinator::{Coordinator, Guarded};
 pub use docker::{
     TEST_IMAGE, TEST_IMAGE_WITHOUT_TMP, containers_with_label, test_image, test_image_without_tmp,
 };

@@ -71,9 +71,6 @@ enum Source {
     Url(super::jwks::Remote),
 }
 
-/// Default roots for `jwks_url`: Debian's bundle of public CAs.
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-
 /// What a verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
@@ -197,10 +194,10 @@ impl OAuth {
                 Some(Source::File(file))
             }
             (None, Some(url)) => {
-                let ca = section
-                    .jwks_ca
-                    .as_ref()
-                    .map_or_else(|| PathBuf::from(SYSTEM_ROOTS), |ca| base.join(ca));
+                let ca = section.jwks_ca.as_ref().map_or_else(
+                    || PathBuf::from(crate::http::client::SYSTEM_ROOTS),
+                    |ca| base.join(ca),
+                );
                 match super::jwks::Remote::new(url, &ca, section.jwks_refresh.get()) {
                     Ok(remote) => Some(Source::Url(remote)),
                     Err(why) => {

@@ -31,6 +31,8 @@ pub(super) struct Status {
     pub(super) capacity: u32,
     pub(super) running: u32,
     pub(super) draining: bool,
+    /// It said it is fenced (`draining` is set too).
+    pub(super) fenced: bool,
     pub(super) last_error: Option<String>,
     pub(super) info_known: bool,
     /// `policy.allow_tools` globs (`None`: not known yet, assume all).
@@ -145,8 +147,8 @@ pub struct AgentView {
     pub last_error: Option<String>,
     /// Unix time in milliseconds of its last etcd record; `None` for a static agent.
     pub updated_at_ms: Option<u64>,
-    /// `healthy`, `draining` (it said it is draining or fenced) or `unhealthy` (out of
-    /// routing, `last_error` says why).
+    /// `healthy`, `draining` (it said it is draining), `fenced` (it said it lost its etcd
+    /// lease) or `unhealthy` (out of routing, `last_error` says why).
     pub state: &'static str,
     /// Unix time in milliseconds it was last heard from: its last answered health check or
     /// etcd record; `None` if never.
@@ -203,10 +205,11 @@ impl Agent {
             running: s.running,
             capacity: s.capacity,
             inflight: self.inflight.load(Ordering::SeqCst),
-            state: match (s.healthy, s.draining) {
-                (true, false) => "healthy",
-                (true, true) => "draining",
-                (false, _) => "unhealthy",
+            state: match (s.healthy, s.draining, s.fenced) {
+                (true, false, _) => "healthy",
+                (true, true, false) => "draining",
+                (true, true, true) => "fenced",
+                (false, _, _) => "unhealthy",
             },
             last_seen_ms: s.updated_at.max(s.checked_at),
             last_error: s.last_error,
@@ -261,7 +264,11 @@ impl Agent {
     pub(super) fn refused(&self, kind: Option<ErrorKind>, why: &str) {
         match kind {
             // It says so itself, and its next record or health check says when it is back.
-            Some(ErrorKind::Draining | ErrorKind::Fenced) => self.update(|s| s.draining = true),
+            Some(ErrorKind::Draining) => self.update(|s| s.draining = true),
+            Some(ErrorKind::Fenced) => self.update(|s| {
+                s.draining = true;
+                s.fenced = true;
+            }),
             Some(kind) if !kind.marks_agent_failed() => {}
             _ => self.mark_failed(why),
         }
@@ -285,8 +292,10 @@ impl Agent {
     pub(super) fn describe(&self) -> String {
         let s = self.status();
         let labels: Vec<_> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let state = if s.healthy && s.draining {
-            "draining or fenced: takes no new calls".to_owned()
+        let state = if s.healthy && s.fenced {
+            "fenced: it lost its etcd lease and takes no new calls".to_owned()
+        } else if s.healthy && s.draining {
+            "draining: takes no new calls".to_owned()
         } else if s.healthy {
             "healthy".to_owned()
         } else {
@@ -367,7 +376,8 @@ impl Agent {
                     s.healthy = true;
                     s.running = h.running;
                     s.capacity = h.capacity.max(1);
-                    s.draining = h.draining;
+                    s.draining = h.draining || h.fenced;
+                    s.fenced = h.fenced;
                     s.last_error = None;
                     s.failed_checks = 0;
                     s.next_check = None;

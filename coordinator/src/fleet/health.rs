@@ -1,5 +1,7 @@
 //! The health loop: checks static agents, and etcd agents out of routing, every
-//! `health_interval` until shutdown (etcd agents in routing are vouched for by their records).
+//! `health_interval` until shutdown (etcd agents in routing are vouched for by their records,
+//! except while etcd is unreachable: then no record says anything, and every agent is checked,
+//! so that one fenced by its lapsed lease shows as fenced).
 //! An etcd agent that keeps failing is checked less often, down to once per
 //! [`MAX_BACKOFF`]: a thousand records of agents that don't answer must not cost a thousand
 //! dials a second. A new run of the agent (a record with a new `started_at`) is checked at
@@ -28,12 +30,14 @@ impl Health {
             tokio::select! {
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    let records_vouch = self.fleet.view_etcd().connected;
                     let due: Vec<_> = self
                         .fleet
                         .snapshot()
                         .into_iter()
                         .filter(|a| {
                             a.source == Source::Static
+                                || (!records_vouch && a.with_status(|s| s.healthy))
                                 || a.with_status(|s| {
                                     !s.healthy && s.next_check.is_none_or(|t| t <= now)
                                 })

@@ -27,6 +27,8 @@ pub struct EtcdView {
     pub connected: bool,
     /// Why etcd last could not be reached; `None` once a listing succeeds.
     pub last_error: Option<String>,
+    /// etcd answered at least once since the coordinator started: `/readyz` waits for it.
+    pub reached: bool,
 }
 
 impl Fleet {
@@ -81,14 +83,19 @@ impl Fleet {
     /// The routing table and etcd state, for `/fleet`.
     pub fn view(&self) -> (Vec<AgentView>, EtcdView) {
         let agents = self.snapshot().iter().map(|a| a.view()).collect();
-        let etcd = self.etcd.read().unwrap_or_else(|p| p.into_inner()).clone();
-        (agents, etcd)
+        (agents, self.view_etcd())
+    }
+
+    /// What the coordinator knows of etcd.
+    pub fn view_etcd(&self) -> EtcdView {
+        self.etcd.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Records whether etcd answers.
     fn set_etcd(&self, connected: bool, error: Option<String>) {
         let mut e = self.etcd.write().unwrap_or_else(|p| p.into_inner());
         e.connected = connected;
+        e.reached |= connected;
         if error.is_some() || connected {
             e.last_error = error;
         }
@@ -148,6 +155,8 @@ impl Fleet {
         agent.update(|s| {
             s.running = record.running;
             s.draining = record.draining;
+            // Only an agent holding its lease writes a record: it is not fenced.
+            s.fenced = false;
             s.updated_at = Some(record.updated_at);
         });
         if probe {

@@ -11,6 +11,9 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// The system's CA bundle (Debian's `ca-certificates`), for https without a CA file.
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// Where to GET from, checked.
 pub struct Target {
     /// The URL, as given.

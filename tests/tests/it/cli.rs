@@ -216,6 +216,7 @@ fn schema_completion_and_help_work() {
         "setup",
         "completion",
         "agents",
+        "status",
         "certs",
     ] {
         let (code, out, _) = mcpfier_cli(&[sub, "--help"], &[]);

@@ -16,4 +16,5 @@ mod paths;
 mod policy;
 mod server_limits;
 mod signed;
+mod status;
 mod tidy;

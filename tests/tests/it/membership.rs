@@ -169,6 +169,8 @@ fn registrations_show_in_etcd_routing_and_mcpfier_agents() {
     let (code, out, _) = mcpfier_cli(&["--config", config.to_str().unwrap(), "agents"], &[]);
     assert_eq!(code, 0);
     assert!(out.lines().nth(1).unwrap().starts_with("a "), "{out}");
+    // What etcd holds is called a registration, not health: `status` shows routing's view.
+    assert!(out.lines().nth(1).unwrap().contains("registered"), "{out}");
     let r = call(&c, "only-b", json!({}));
     assert_eq!(agent_of(&r), "b", "{r}");
 }

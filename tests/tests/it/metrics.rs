@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mcpfier_tests::{
-    Agent, Certs, Coordinator, Prometheus, Scratch, drive_http, http_request, new_key,
+    Agent, Certs, Coordinator, Guarded, Prometheus, Scratch, drive_http, http_request,
 };
 use serde_json::json;
 
@@ -121,12 +121,11 @@ fn prometheus_sees_a_call_on_the_coordinator_and_on_the_agent_that_ran_it() {
 #[test]
 fn metrics_need_fleet_read_and_an_agent_refuses_a_public_metrics_address_unless_told() {
     let scratch = Scratch::new();
-    let (reader, reader_line) = new_key("reader", "watch");
-    let (caller, caller_line) = new_key("caller", "call");
-    let config = scratch.config(&format!(
-        "server:\n  auth:\n    api_keys:\n      {reader_line}\n      {caller_line}\nroles:\n  watch: {{fleet: read}}\n  call: {{tools: [\"*\"]}}\ntools:\n  - {{name: hi, command: [/bin/echo, hi]}}\n"
-    ));
-    let c = Coordinator::start(&config, &[], &[]);
+    let Guarded {
+        coordinator: c,
+        reader,
+        caller,
+    } = Guarded::start(&scratch);
     let get = |key: Option<&str>| {
         let auth = key.map(|k| format!("Bearer {k}"));
         let headers: Vec<(&str, &str)> = auth
