@@ -52,6 +52,9 @@ pub struct AgentConfig {
     /// agent's metrics (tool call counts, refusals, load), never arguments or output.
     #[serde(default)]
     pub metrics_public: bool,
+    /// OpenTelemetry traces, exported over OTLP (docs/observability.md).
+    #[serde(default)]
+    pub telemetry: Option<mcpfier_common::telemetry::TelemetryConfig>,
 }
 
 /// The agent's `etcd` section.
@@ -181,6 +184,9 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         problems.push(format!("advertise: `{a}` is not host:port"));
     }
     problems.extend(config.policy.problems());
+    for (field, why) in config.telemetry.iter().flat_map(|t| t.problems()) {
+        problems.push(format!("telemetry.{field}: {why}"));
+    }
     let mut signers = Vec::new();
     for (i, file) in config.policy.tool_signers.iter().enumerate() {
         match mcpfier_common::tool::signed::PublicKey::load(&base.join(file)) {

@@ -82,6 +82,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let loaded = config::load(&cli.config)?;
     let tls = TlsState::load(loaded.tls.clone())?;
     let config = Arc::new(loaded.config);
+    let telemetry = match &config.telemetry {
+        Some(t) => {
+            let started = mcpfier_common::telemetry::Telemetry::start(t, "mcpfier-agent")
+                .map_err(anyhow::Error::msg)?;
+            info!(endpoint = %t.otlp_endpoint, "exporting traces over OTLP");
+            Some(started)
+        }
+        None => None,
+    };
     let calls = Arc::new(Calls::default());
     let admission = Arc::new(Admission::default());
     let (listener, local) = server::bind(loaded.listen).await?;
@@ -230,6 +239,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     server_shutdown.cancel();
     stop(tasks, call_tasks).await;
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
     info!("stopped");
     Ok(())
 }

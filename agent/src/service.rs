@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use mcpfier_common::telemetry::{self, Attribute, Kind, Span};
 use mcpfier_proto::v1::{
     self, AgentInfo, CancelRequest, CancelResponse, ExecuteEvent, ExecuteRequest, HealthRequest,
     HealthResponse, InfoRequest, agent_server, execute_event::Event,
@@ -178,15 +179,14 @@ impl AgentService {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<ExecuteEvent, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl agent_server::Agent for AgentService {
-    type ExecuteStream = EventStream;
-
-    async fn execute(
+impl AgentService {
+    /// Admits `req` and starts it (or attaches to it); a new call takes `trace` into its task,
+    /// which ends the span when the call finishes.
+    fn start_call(
         &self,
-        request: Request<ExecuteRequest>,
-    ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let req = request.into_inner();
+        req: ExecuteRequest,
+        trace: &mut Option<Span>,
+    ) -> Result<Response<EventStream>, Status> {
         let agent = &self.config.id;
         if !wire::compatible(&req.protocol_version) {
             return Err(wire::refusal(
@@ -256,10 +256,12 @@ impl agent_server::Agent for AgentService {
             )),
             Start::New(call) => {
                 let stream = call.follow(0);
+                let trace = trace.take().unwrap_or_else(Span::none);
                 let span = tracing::info_span!(
                     "execute",
                     call_id = %req.call_id,
                     request_id = %req.request_id,
+                    trace_id = %trace.trace_id(),
                     tool = %req.tool
                 );
                 let executor = self.executor.clone();
@@ -274,12 +276,48 @@ impl agent_server::Agent for AgentService {
                         call_id,
                         tool,
                         in_chunks,
+                        trace,
                     )
                     .instrument(span),
                 );
                 Ok(Response::new(Box::pin(stream)))
             }
         }
+    }
+}
+
+#[tonic::async_trait]
+impl agent_server::Agent for AgentService {
+    type ExecuteStream = EventStream;
+
+    async fn execute(
+        &self,
+        request: Request<ExecuteRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
+        let metadata = request.metadata();
+        let header = |name| metadata.get(name).and_then(|v| v.to_str().ok());
+        let parent = telemetry::extract(header("traceparent"), header("tracestate"));
+        let req = request.into_inner();
+        let mut trace = Some(Span::start(
+            "mcpfier.agent.v1.Agent/Execute",
+            Kind::Server,
+            vec![
+                Attribute::new("rpc.system", "grpc"),
+                Attribute::new("rpc.service", "mcpfier.agent.v1.Agent"),
+                Attribute::new("rpc.method", "Execute"),
+                Attribute::new("gen_ai.tool.name", req.tool.clone()),
+                Attribute::new("mcpfier.call_id", req.call_id.clone()),
+                Attribute::new("mcpfier.agent.id", self.config.id.clone()),
+            ],
+            &parent,
+        ));
+        let result = self.start_call(req, &mut trace);
+        if let (Err(status), Some(span)) = (&result, &trace) {
+            span.set(Attribute::new("rpc.grpc.status_code", status.code() as i64));
+            let kind = wire::refusal_kind(status).map_or("refused".to_owned(), |k| k.to_string());
+            span.fail(&kind, status.message().to_owned());
+        }
+        result
     }
 
     async fn cancel(
@@ -335,6 +373,7 @@ impl agent_server::Agent for AgentService {
 }
 
 /// Runs one call and records its events.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     calls: Arc<Calls>,
     call: Arc<Call>,
@@ -343,6 +382,7 @@ async fn run(
     call_id: String,
     tool: String,
     in_chunks: bool,
+    trace: Span,
 ) {
     info!("call accepted");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -356,7 +396,14 @@ async fn run(
             }
         }
     };
-    let work = executor.run(&exec, &call_id, &tool, Some(tx), call.cancel.clone());
+    let work = executor.run(
+        &exec,
+        &call_id,
+        &tool,
+        Some(tx),
+        call.cancel.clone(),
+        trace.context(),
+    );
     let result = tokio::join!(work, forward).0;
     let outcome = match &result {
         Ok(o) if o.timed_out => "timed_out".to_owned(),
@@ -378,6 +425,7 @@ async fn run(
         }
         Err(e) => {
             warn!(error = %e, kind = %e.kind(), "call could not start");
+            trace.fail(&e.kind().to_string(), e.to_string());
             wire::finished_error(e.kind(), e.to_string())
         }
     };

@@ -23,6 +23,7 @@ mod auth;
 mod containers;
 mod front_door;
 mod membership;
+mod observability;
 mod sessions;
 mod signing;
 
@@ -344,7 +345,7 @@ pub(crate) fn start_mcpfier_with(
 }
 
 /// Makes a CA and certificates for a coordinator and `agents`, with `mcpfier certs`.
-fn make_certs(dir: &Path, agents: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn make_certs(dir: &Path, agents: &[&str]) -> anyhow::Result<()> {
     let d = dir.to_str().context("a UTF-8 temp path")?;
     let run = |args: &[&str]| -> anyhow::Result<()> {
         let out = Command::new(release("mcpfier")).args(args).output()?;
@@ -428,7 +429,7 @@ fn fleet_only(dir: &Path, duration: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fleet_yaml(certs: &Path, agents: &[(&str, &str)]) -> String {
+pub(crate) fn fleet_yaml(certs: &Path, agents: &[(&str, &str)]) -> String {
     let c = certs.display();
     let mut y = format!(
         "fleet:\n  tls: {{ca: {c}/ca.pem, cert: {c}/coord.pem, key: {c}/coord.key}}\n  agents:\n"
@@ -509,6 +510,12 @@ fn main() -> anyhow::Result<()> {
         front_door::print_ratios(&f);
         return Ok(());
     }
+    if std::env::args().any(|a| a == "--observability-only") {
+        let o = observability::run(dir.path(), duration)?;
+        println!("\nratios (target)");
+        observability::print_ratios(&o);
+        return Ok(());
+    }
     if std::env::args().any(|a| a == "--sessions-only") {
         let (parked, live) = sessions::run(dir.path())?;
         println!("\nratios (target)");
@@ -587,6 +594,7 @@ fn main() -> anyhow::Result<()> {
     let jwt_extra = auth::run(dir.path())?;
     let door = front_door::run(dir.path(), duration)?;
     let (parked, live) = sessions::run(dir.path())?;
+    let watched = observability::run(dir.path(), duration)?;
 
     let (python, paddr) = start_python("async")?;
     let p1 = wrk("Python SDK MCPServer (asyncio spawn)", &paddr, 1, duration)?;
@@ -645,6 +653,7 @@ fn main() -> anyhow::Result<()> {
     }
     front_door::print_ratios(&door);
     print_sessions(parked, live);
+    observability::print_ratios(&watched);
     Ok(())
 }
 

@@ -35,6 +35,11 @@ pub const CONTAINER_CALLS: &str = "mcpfier_container_calls_total";
 /// Containers removed by `result` (removed, failed, reaped).
 pub const CONTAINER_REMOVALS: &str = "mcpfier_container_removals_total";
 
+/// OpenTelemetry's `mcp.server.operation.duration` (GenAI semantic conventions v0.1.0) in
+/// Prometheus form: each MCP request handled, by `mcp_method_name`, `gen_ai_tool_name`
+/// (catalog tools only) and, when it failed, `error_type`.
+pub const MCP_SERVER_OPERATION_DURATION: &str = "mcp_server_operation_duration_seconds";
+
 /// Calls an agent is running.
 pub const AGENT_RUNNING: &str = "mcpfier_agent_running_calls";
 /// Calls an agent runs at once at most (`capacity`).
@@ -78,6 +83,11 @@ pub fn render() -> Option<String> {
 
 fn describe() {
     describe_counter!(TOOL_CALLS, Unit::Count, "Tool calls by tool and outcome.");
+    describe_histogram!(
+        MCP_SERVER_OPERATION_DURATION,
+        Unit::Seconds,
+        "MCP request duration as observed on the server (OpenTelemetry mcp.server.operation.duration)."
+    );
     describe_histogram!(
         TOOL_CALL_DURATION,
         Unit::Seconds,

@@ -90,6 +90,8 @@ pub struct Catalog {
     pub tools: IndexMap<String, Arc<Tool>>,
     /// Bounds calls running at once across all tools (`server.max_concurrency`).
     pub global_slots: Arc<Semaphore>,
+    /// The `telemetry` section, checked.
+    pub telemetry: Option<mcpfier_common::telemetry::TelemetryConfig>,
 }
 
 /// The HTTPS certificate and key files, and the pair as loaded when the config was checked.
@@ -270,6 +272,9 @@ impl Catalog {
         if config.server.max_concurrency == 0 {
             problems.push(Problem::new("server.max_concurrency", "must be at least 1"));
         }
+        for (field, why) in config.telemetry.iter().flat_map(|t| t.problems()) {
+            problems.push(Problem::new(format!("telemetry.{field}"), why));
+        }
         let limits = &config.server.limits;
         for (field, value) in [
             ("connections", limits.connections),
@@ -397,6 +402,7 @@ impl Catalog {
                 warnings,
                 fleet,
                 tools,
+                telemetry: config.telemetry,
             }),
             _ => Err(problems),
         }

@@ -31,6 +31,9 @@ pub struct Config {
     /// What each role may do, by role name (`server.auth` gives principals their roles).
     #[serde(default)]
     pub roles: IndexMap<String, RoleSection>,
+    /// OpenTelemetry traces, exported over OTLP (docs/observability.md).
+    #[serde(default)]
+    pub telemetry: Option<mcpfier_common::telemetry::TelemetryConfig>,
 }
 
 /// The `server` section.
@@ -72,6 +75,14 @@ pub struct ServerSection {
     /// Bounds on connections and MCP sessions, against floods and idle clients.
     #[serde(default)]
     pub limits: ServerLimits,
+    /// Record Prometheus metrics and serve them at `/metrics` (default true). With false,
+    /// nothing is recorded and `/metrics` answers 404.
+    #[serde(default = "yes")]
+    pub metrics: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `server.limits`: what one client, or many, may hold open. Every bound has a default.
@@ -154,6 +165,7 @@ impl Default for ServerSection {
             auth: None,
             audit: None,
             limits: ServerLimits::default(),
+            metrics: true,
         }
     }
 }

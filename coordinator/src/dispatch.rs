@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcpfier_common::telemetry::{self, Kind, Span};
 use mcpfier_exec::lifeline::{self, Lifeline};
 use mcpfier_exec::{ErrorKind, Event, Execution, Executor, HasKind, Outcome, executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc::UnboundedSender};
@@ -69,6 +70,8 @@ pub struct Ran {
     pub outcome: Outcome,
     /// The id of the agent that ran it; `None` when it ran in this process.
     pub agent: Option<String>,
+    /// The call's id (on the agent, or for the container in this process).
+    pub call_id: String,
 }
 
 /// Runs tool calls, on the fleet or in this process.
@@ -188,7 +191,9 @@ impl Dispatcher {
         request_id: &str,
         output: Option<UnboundedSender<Event>>,
         cancel: CancellationToken,
+        trace: &telemetry::Context,
     ) -> Result<Ran, Error> {
+        let queue = Span::start("queue", Kind::Internal, vec![], trace);
         let queued = tokio::time::Instant::now();
         let deadline = queued + tool.timeout;
         let waited = || humantime::format_duration(round(tool.timeout)).to_string();
@@ -211,24 +216,29 @@ impl Dispatcher {
             })?;
         metrics::histogram!(mcpfier_common::metrics::QUEUE_WAIT)
             .record(queued.elapsed().as_secs_f64());
+        drop(queue);
         let _in_flight = InFlight::enter();
         match &self.fleet {
             Some(fleet) => {
-                let ran = fleet.run(tool, exec, request_id, output, cancel).await?;
+                let ran = fleet
+                    .run(tool, exec, request_id, output, cancel, trace)
+                    .await?;
                 Ok(Ran {
                     outcome: ran.outcome,
                     agent: Some(ran.agent),
+                    call_id: ran.call_id,
                 })
             }
             None => {
                 let call_id = uuid::Uuid::new_v4().to_string();
                 let outcome = self
                     .executor
-                    .run(exec, &call_id, &tool.name, output, cancel)
+                    .run(exec, &call_id, &tool.name, output, cancel, trace)
                     .await?;
                 Ok(Ran {
                     outcome,
                     agent: None,
+                    call_id,
                 })
             }
         }
@@ -276,6 +286,19 @@ mod tests {
 
     use super::*;
 
+    /// Runs `exec` once, with no output channel, cancel or trace.
+    async fn run_once(d: &Dispatcher, tool: &Tool, exec: &Execution) -> Result<Ran, Error> {
+        d.run(
+            tool,
+            exec,
+            "r",
+            None,
+            CancellationToken::new(),
+            &telemetry::Context::new(),
+        )
+        .await
+    }
+
     fn dispatcher(yaml: &str) -> Dispatcher {
         let catalog = crate::catalog::parse(yaml, Path::new("t.yaml"), &HashMap::new()).unwrap();
         Dispatcher::local(Arc::new(catalog))
@@ -290,10 +313,7 @@ mod tests {
         let _held = tool.slots.clone().unwrap().acquire_owned().await.unwrap();
         let exec = tool.prepare(None).unwrap();
         let started = Instant::now();
-        let err = d
-            .run(&tool, &exec, "r", None, CancellationToken::new())
-            .await
-            .unwrap_err();
+        let err = run_once(&d, &tool, &exec).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(matches!(err, Error::ToolBusy { limit: 1, .. }), "{err}");
         assert!(err.to_string().contains("tool `t` is busy"), "{err}");
@@ -313,10 +333,7 @@ mod tests {
             .unwrap();
         let tool = d.catalog().tool("t").unwrap().clone();
         let exec = tool.prepare(None).unwrap();
-        let err = d
-            .run(&tool, &exec, "r", None, CancellationToken::new())
-            .await
-            .unwrap_err();
+        let err = run_once(&d, &tool, &exec).await.unwrap_err();
         assert!(err.to_string().contains("server.max_concurrency"), "{err}");
     }
 
@@ -325,10 +342,7 @@ mod tests {
         let d = dispatcher("tools:\n  - {name: t, command: [/bin/echo, hi], concurrency: 1}\n");
         let tool = d.catalog().tool("t").unwrap().clone();
         let exec = tool.prepare(None).unwrap();
-        let out = d
-            .run(&tool, &exec, "r", None, CancellationToken::new())
-            .await
-            .unwrap();
+        let out = run_once(&d, &tool, &exec).await.unwrap();
         assert_eq!(out.outcome.stdout, b"hi\n");
         assert_eq!(out.agent, None);
     }

@@ -113,6 +113,8 @@ pub struct Ran {
     pub outcome: Outcome,
     /// The id of the agent that ran it.
     pub agent: String,
+    /// The call id it ran under (an idempotent retry has its own).
+    pub call_id: String,
 }
 
 impl Fleet {

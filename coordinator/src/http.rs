@@ -154,6 +154,7 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     let (fleet_for_one, may_read_one) = (fleet.clone(), may_read.clone());
     let (fleet_for_metrics, may_read_metrics) = (fleet.clone(), may_read.clone());
     let front_for_metrics = front.clone();
+    let metrics_on = catalog.server.metrics;
     let fleet_for_health = fleet.clone();
     let fleet_for_ready = fleet.clone();
     let auth_on = catalog.access.enabled();
@@ -225,6 +226,13 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
                 async move {
                     if let Some(refused) = allowed {
                         return refused;
+                    }
+                    if !metrics_on {
+                        return (
+                            StatusCode::NOT_FOUND,
+                            "metrics are off in this coordinator (server.metrics: false)\n",
+                        )
+                            .into_response();
                     }
                     let live = live_sessions(&sessions).await;
                     metrics_page(fleet.as_deref(), &front, &live)
@@ -586,7 +594,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let catalog = dispatcher.catalog().clone();
     check_listen(listen, &catalog)?;
-    mcpfier_common::metrics::install().map_err(anyhow::Error::msg)?;
+    if catalog.server.metrics {
+        mcpfier_common::metrics::install().map_err(anyhow::Error::msg)?;
+    }
     let acceptor = match &catalog.tls {
         Some(files) => {
             let store = Arc::new(tls::CertStore::new(files));

@@ -72,6 +72,19 @@ async fn stop(tasks: TaskTracker, shutdown: CancellationToken) {
     }
 }
 
+/// Starts exporting traces when the config has a `telemetry` section.
+fn start_telemetry(
+    catalog: &Catalog,
+) -> anyhow::Result<Option<mcpfier_common::telemetry::Telemetry>> {
+    let Some(t) = &catalog.telemetry else {
+        return Ok(None);
+    };
+    let started =
+        mcpfier_common::telemetry::Telemetry::start(t, "mcpfier").map_err(anyhow::Error::msg)?;
+    tracing::info!(endpoint = %t.otlp_endpoint, "exporting traces over OTLP");
+    Ok(Some(started))
+}
+
 fn load(cli: &Cli, env: &HashMap<String, String>) -> anyhow::Result<(PathBuf, Arc<Catalog>)> {
     let path = config::find(cli.config.as_deref(), env)?;
     let catalog = mcpfier_coordinator::catalog::load(&path, env)
@@ -336,6 +349,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
         Command::Stdio => {
             let (path, catalog) = load(&cli, &env)?;
             tracing::info!(config = %path.display(), tools = catalog.tools.len(), "serving MCP on stdio");
+            let telemetry = start_telemetry(&catalog)?;
             let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
             let dispatcher = Dispatcher::start(catalog, &tasks, shutdown.clone()).await?;
             let served = async {
@@ -351,6 +365,9 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
             }
             .await;
             stop(tasks, shutdown).await;
+            if let Some(t) = telemetry {
+                t.shutdown().await;
+            }
             served?;
         }
         Command::Serve { listen } => {
@@ -358,6 +375,7 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
             let listen = listen.unwrap_or(catalog.listen);
             http::check_listen(listen, &catalog)?;
             tracing::info!(config = %path.display(), "starting");
+            let telemetry = start_telemetry(&catalog)?;
             let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
             let dispatcher = Dispatcher::start(catalog, &tasks, shutdown.clone()).await?;
             let served = {
@@ -373,6 +391,9 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 }
             };
             stop(tasks, shutdown).await;
+            if let Some(t) = telemetry {
+                t.shutdown().await;
+            }
             served?;
         }
         Command::DryRun(cli::DryRunArgs {
@@ -507,10 +528,11 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 let _ = std::io::stdout().flush();
             };
             let cancel = CancellationToken::new();
+            let no_trace = mcpfier_common::telemetry::Context::new();
             // The printer ends when the run drops its sender.
             let work = async {
                 tokio::join!(
-                    dispatcher.run(&tool, &exec, "cli", Some(tx), cancel.clone()),
+                    dispatcher.run(&tool, &exec, "cli", Some(tx), cancel.clone(), &no_trace),
                     printer
                 )
                 .0

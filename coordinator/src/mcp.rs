@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, warn};
 
+use mcpfier_common::telemetry::{Kind, Span};
+
 use crate::catalog::Tool;
 use crate::dispatch::{self, Dispatcher, Ran};
 use crate::fleet;
@@ -398,8 +400,10 @@ impl ServerHandler for Server {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        let trace = trace::Request::start(&context, "tools/list", None);
         let mut tools = self.visible_tools();
         tools.retain(|t| self.may_call(&context, &t.name));
+        trace.end(None);
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -423,9 +427,17 @@ impl ServerHandler for Server {
             .map(|info| info.client_info.name.clone())
             .unwrap_or_default();
         let principal = principal(&context).map(|p| p.id.clone());
+        let visible = self.dispatcher.catalog().tool(&request.name).is_some()
+            && self.may_call(&context, &request.name);
+        let trace = trace::Request::start(
+            &context,
+            "tools/call",
+            visible.then_some(request.name.as_ref()),
+        );
         let span = tracing::info_span!(
             "call",
             request_id = %context.id,
+            trace_id = %trace.span.trace_id(),
             tool = %request.name,
             client = %client,
             principal = principal.as_deref().unwrap_or("-")
@@ -435,10 +447,20 @@ impl ServerHandler for Server {
         let _busy = http_request(&context)
             .and_then(|p| p.extensions.get::<crate::http::auth::SessionActivity>())
             .map(|a| a.0.hold());
-        self.call(request, context)
+        let result = self
+            .call(request, context, &trace.span)
             .instrument(span)
-            .await
-            .map(Into::into)
+            .await;
+        trace.end(match &result {
+            Ok(r) if r.is_error == Some(true) => {
+                Some(("tool_error".to_owned(), "the tool call failed".to_owned()))
+            }
+            Ok(_) => None,
+            // An unknown tool's error repeats the name the caller made up: not for the span.
+            Err(e) if !visible => Some((e.code.0.to_string(), "unknown tool".to_owned())),
+            Err(e) => Some((e.code.0.to_string(), e.message.to_string())),
+        });
+        result.map(Into::into)
     }
 }
 
@@ -515,6 +537,7 @@ impl Server {
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
+        trace: &Span,
     ) -> Result<CallToolResult, McpError> {
         let catalog = self.dispatcher.catalog();
         // A tool the caller may not call gets the same answer as one that does not exist, so
@@ -571,10 +594,13 @@ impl Server {
                 )));
             }
         }
+        let checking = trace.child("check arguments", Kind::Internal, vec![]);
         let exec = match tool.prepare(request.arguments.as_ref()) {
             Ok(exec) => exec,
             Err(errors) => {
                 let list: Vec<_> = errors.iter().map(ToString::to_string).collect();
+                checking.fail("invalid_arguments", "invalid arguments");
+                drop(checking);
                 info!(problems = list.len(), "arguments refused");
                 self.record(
                     &context,
@@ -593,6 +619,11 @@ impl Server {
         if let Err(why) =
             access.check_narrowed(principal(&context), tool, request.arguments.as_ref())
         {
+            checking.fail(
+                "forbidden_arguments",
+                "arguments not allowed for the caller's roles",
+            );
+            drop(checking);
             info!(reason = %why, "arguments refused by the caller's roles");
             self.record(
                 &context,
@@ -605,6 +636,7 @@ impl Server {
                 "arguments not allowed for your roles, nothing was run: {why}"
             )));
         }
+        drop(checking);
         let _permit = match principal(&context).map(|who| access.admit(who)) {
             None => None,
             Some(Ok(permit)) => Some(permit),
@@ -623,8 +655,14 @@ impl Server {
         let started = Instant::now();
         let request_id = context.id.to_string();
         let run = |tx| {
-            self.dispatcher
-                .run(tool, &exec, &request_id, tx, context.ct.clone())
+            self.dispatcher.run(
+                tool,
+                &exec,
+                &request_id,
+                tx,
+                context.ct.clone(),
+                trace.context(),
+            )
         };
         let result = match context.meta.get_progress_token() {
             // Progress is forwarded in this future, beside the run: it sends what is left
@@ -638,7 +676,7 @@ impl Server {
         };
         let duration_ms = started.elapsed().as_millis() as u64;
         let fields = match &result {
-            Ok(Ran { outcome, agent }) => json!({
+            Ok(Ran { outcome, agent, .. }) => json!({
                 "outcome": if outcome.timed_out { "timed_out" } else if outcome.cancelled { "cancelled" } else { "ran" },
                 "agent": agent.as_deref().unwrap_or("local"),
                 "exit_code": outcome.exit_code,
@@ -653,9 +691,14 @@ impl Server {
         };
         self.record(&context, &request, Some(tool), fields).await;
         match result {
-            Ok(Ran { outcome, agent }) => {
+            Ok(Ran {
+                outcome,
+                agent,
+                call_id,
+            }) => {
                 info!(
                     agent = agent.as_deref().unwrap_or("local"),
+                    call_id = %call_id,
                     exit_code = outcome.exit_code,
                     timed_out = outcome.timed_out,
                     cancelled = outcome.cancelled,
@@ -812,6 +855,8 @@ async fn forward_progress(
         }
     }
 }
+
+mod trace;
 
 #[cfg(test)]
 mod tests;

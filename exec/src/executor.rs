@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mcpfier_common::telemetry::{self, Attribute, Kind, Span};
 use mcpfier_common::tool::paths::{self, PathError};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -151,8 +152,54 @@ impl Executor {
 
     /// Runs `exec` as a process group, or in a container when it has a container spec.
     /// `call_id` and `tool` label the container. Output within the caps goes to `events`
-    /// live; a non-zero exit is an outcome; errors mean nothing ran.
+    /// live; a non-zero exit is an outcome; errors mean nothing ran. The run is the span
+    /// `execute process` or `execute container` under `trace`.
     pub async fn run(
+        &self,
+        exec: &Execution,
+        call_id: &str,
+        tool: &str,
+        events: Option<UnboundedSender<Event>>,
+        cancel: CancellationToken,
+        trace: &telemetry::Context,
+    ) -> Result<Outcome, Error> {
+        let mut attributes = vec![
+            Attribute::new("gen_ai.tool.name", tool.to_owned()),
+            Attribute::new("mcpfier.call_id", call_id.to_owned()),
+        ];
+        if let Some(spec) = &exec.container {
+            attributes.push(Attribute::new("container.image.name", spec.image.clone()));
+        }
+        let span = Span::start(
+            if exec.container.is_some() {
+                "execute container"
+            } else {
+                "execute process"
+            },
+            Kind::Internal,
+            attributes,
+            trace,
+        );
+        let result = self.run_untraced(exec, call_id, tool, events, cancel).await;
+        match &result {
+            Ok(o) => {
+                if let Some(code) = o.exit_code {
+                    span.set(Attribute::new("process.exit.code", i64::from(code)));
+                }
+                if o.timed_out {
+                    span.fail("timeout", "timed out");
+                } else if o.cancelled {
+                    span.fail("cancelled", "cancelled");
+                } else if o.exit_code != Some(0) {
+                    span.fail("tool_error", "the command failed");
+                }
+            }
+            Err(e) => span.fail(&e.kind().to_string(), e.to_string()),
+        }
+        result
+    }
+
+    async fn run_untraced(
         &self,
         exec: &Execution,
         call_id: &str,
@@ -272,6 +319,7 @@ mod tests {
                 "t",
                 None,
                 CancellationToken::new(),
+                &telemetry::Context::new(),
             )
             .await
             .unwrap();
@@ -287,6 +335,7 @@ mod tests {
                 "t",
                 None,
                 CancellationToken::new(),
+                &telemetry::Context::new(),
             )
             .await
             .unwrap_err();

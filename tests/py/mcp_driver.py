@@ -12,7 +12,8 @@ array on stdout. Operations:
     {"op": "list_tools"}
     {"op": "call", "name": ..., "arguments": {...}, "progress": true,   # a JSON-RPC error
                                                    # comes back as {"error": {code, message}}
-     "cancel_when_file": PATH}   # abandon the call once PATH exists (sends notifications/cancelled)
+     "cancel_when_file": PATH,   # abandon the call once PATH exists (sends notifications/cancelled)
+     "meta": {...}}              # the request's _meta (e.g. a W3C traceparent)
     {"op": "call_many", "name": ..., "arguments": {...}, "count": N}   # N calls at once
     {"op": "touch", "path": PATH}                  # create PATH (a sync point for the test)
     {"op": "wait_list_changed", "timeout": SECS}   # wait for notifications/tools/list_changed
@@ -99,7 +100,10 @@ async def run_ops(session, init, ops, list_changed):
                     async def call():
                         try:
                             result = await session.call_tool(
-                                op["name"], op.get("arguments"), progress_callback=cb
+                                op["name"],
+                                op.get("arguments"),
+                                progress_callback=cb,
+                                meta=op.get("meta"),
                             )
                         except MCPError as e:
                             outcome["error"] = {"code": e.code, "message": e.message}

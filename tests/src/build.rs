@@ -66,7 +66,8 @@ pub fn python() -> PathBuf {
     assert!(
         python.exists(),
         "no Python with the MCP SDK at {}: run `cargo xtask test`, which creates it \
-         (or: python3 -m venv target/mcp-venv && target/mcp-venv/bin/pip install {MCP_PYPI_PIN})",
+         (or: python3 -m venv target/mcp-venv && target/mcp-venv/bin/pip install {MCP_PYPI_PIN} \
+         opentelemetry-proto grpcio)",
         python.display()
     );
     python

@@ -7,7 +7,8 @@
 //!
 //! One module per role: `build` (the binaries and the Python), `process` (temp dirs, processes,
 //! deadlines), `coordinator`, `agent`, `certs`, `etcd`, `mcp_client` (the Python MCP driver),
-//! `http`, `docker`, `prometheus` (a real Prometheus scraping them) and `proxy` (a TCP relay
+//! `http`, `docker`, `prometheus` (a real Prometheus scraping them), `otlp` (a real OTLP
+//! trace receiver) and `proxy` (a TCP relay
 //! that stalls or cuts connections on demand).
 //! Everything is re-exported here, so tests name `mcpfier_tests::X`.
 
@@ -21,6 +22,7 @@ mod docker;
 mod etcd;
 mod http;
 mod mcp_client;
+mod otlp;
 mod process;
 mod prometheus;
 mod proxy;
@@ -38,6 +40,7 @@ pub use mcp_client::{
     StdioRun, drive_http, drive_http_as, drive_http_ok_as, drive_http_raw, drive_stdio,
     result_stderr, result_stdout, result_text,
 };
+pub use otlp::OtlpReceiver;
 pub use process::{
     Process, Scratch, alive, assert_all_gone, mcpfier_cli, new_key, read_lines, read_pids, wait_for,
 };

@@ -21,6 +21,10 @@ use anyhow::{Context, bail};
 /// `mcpfier_tests::MCP_PYPI_PIN`).
 const MCP_PYPI_PIN: &str = "mcp==2.3.0";
 
+/// What else the test venv holds: the OpenTelemetry protocol definitions and gRPC, for the
+/// tests' OTLP receiver (`tests/py/otlp_receiver.py`).
+const OTHER_PYPI_PINS: &[&str] = &["opentelemetry-proto==1.45.2", "grpcio==1.85.3"];
+
 /// Debian packages the tests need, each with a file that shows it is installed.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("etcd-server", "/usr/bin/etcd"),
@@ -121,15 +125,20 @@ fn apt_install(packages: &[(&str, &str)]) -> anyhow::Result<()> {
         .with_context(|| format!("install {} (the tests need them)", missing.join(" ")))
 }
 
-/// Creates `target/mcp-venv` with the pinned MCP SDK, unless it is already there.
+/// Creates `target/mcp-venv` with the pinned MCP SDK and the OTLP receiver's packages,
+/// unless it is already there with exactly these pins.
 fn python_venv(root: &Path) -> anyhow::Result<PathBuf> {
     let venv = root.join("target/mcp-venv");
     let python = venv.join("bin/python");
     let stamp = venv.join(".mcpfier-pin");
-    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == MCP_PYPI_PIN) {
+    let pins: Vec<&str> = std::iter::once(MCP_PYPI_PIN)
+        .chain(OTHER_PYPI_PINS.iter().copied())
+        .collect();
+    let wanted = pins.join(" ");
+    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(python);
     }
-    eprintln!("xtask: creating {} with {MCP_PYPI_PIN}", venv.display());
+    eprintln!("xtask: creating {} with {wanted}", venv.display());
     let mut create = Command::new("python3");
     create.args(["-m", "venv", "--clear"]).arg(&venv);
     run(
@@ -143,10 +152,13 @@ fn python_venv(root: &Path) -> anyhow::Result<PathBuf> {
         "install",
         "--quiet",
         "--disable-pip-version-check",
-        MCP_PYPI_PIN,
     ]);
-    run(pip, "pip install of the MCP SDK")?;
-    std::fs::write(&stamp, MCP_PYPI_PIN).context("write the venv stamp")?;
+    pip.args(&pins);
+    run(
+        pip,
+        "pip install of the MCP SDK and the OTLP receiver's packages",
+    )?;
+    std::fs::write(&stamp, wanted).context("write the venv stamp")?;
     Ok(python)
 }
 

@@ -10,11 +10,12 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use mcpfier_common::telemetry::{self, Attribute, Kind, Span};
 use mcpfier_exec::{ErrorKind, Event, Execution, HasKind, wire};
 use mcpfier_proto::v1::{self, execute_event};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::agent::{Agent, Inflight};
 use super::channel::{never_sent, status_text};
@@ -31,6 +32,17 @@ enum Attempt {
     Lost(String),
     /// The call ended: its result, or the agent's report that it could not start, or a cancel.
     Done(Result<Ran, Error>),
+}
+
+/// Ends an attempt's span with how it went: refusals, losses and failures are errors.
+fn end_dispatch_span(span: &Span, attempt: &Attempt) {
+    match attempt {
+        Attempt::Done(Ok(_)) => span.set(Attribute::new("rpc.grpc.status_code", 0_i64)),
+        Attempt::Done(Err(e)) => span.fail(&e.kind().to_string(), e.to_string()),
+        Attempt::Refused { kind, why } => span.fail(&format!("refused_{kind}"), why.clone()),
+        Attempt::NotSent(why) => span.fail("not_sent", why.clone()),
+        Attempt::Lost(why) => span.fail("lost", why.clone()),
+    }
 }
 
 /// Counts an attempt in `mcpfier_dispatch_total` by agent and result: `accepted` (the agent
@@ -56,6 +68,7 @@ impl Fleet {
         request_id: &str,
         events: Option<UnboundedSender<Event>>,
         cancel: CancellationToken,
+        trace: &telemetry::Context,
     ) -> Result<Ran, Error> {
         let started = Instant::now();
         // Trying agents that refuse ends within the tool's timeout.
@@ -84,12 +97,29 @@ impl Fleet {
                 return Err(Error::NotAccepted(refusals.join("; ")));
             }
             tried.push(agent.id.clone());
+            let span = self.dispatch_span(&agent, tool, &call_id, tried.len(), trace);
             let attempt = self
                 .attempt(
-                    &agent, tool, exec, &call_id, request_id, started, &events, &cancel,
+                    &agent,
+                    tool,
+                    exec,
+                    &call_id,
+                    request_id,
+                    started,
+                    &events,
+                    &cancel,
+                    span.context(),
                 )
+                .instrument(tracing::info_span!(
+                    "dispatch",
+                    agent = %agent.id,
+                    call_id = %call_id,
+                    attempt = tried.len()
+                ))
                 .await;
             count_dispatch(&agent.id, &attempt);
+            end_dispatch_span(&span, &attempt);
+            drop(span);
             match attempt {
                 Attempt::Done(result) => return result,
                 Attempt::Refused { kind, why } => {
@@ -144,7 +174,41 @@ impl Fleet {
         });
     }
 
-    /// One attempt of the call on `agent`.
+    /// The client span of one attempt on `agent` (the `n`th agent tried), per the RPC
+    /// conventions: `mcpfier.agent.v1.Agent/Execute`.
+    fn dispatch_span(
+        &self,
+        agent: &Agent,
+        tool: &Tool,
+        call_id: &str,
+        n: usize,
+        trace: &telemetry::Context,
+    ) -> Span {
+        let mut attributes = vec![
+            Attribute::new("rpc.system", "grpc"),
+            Attribute::new("rpc.service", "mcpfier.agent.v1.Agent"),
+            Attribute::new("rpc.method", "Execute"),
+            Attribute::new("mcpfier.agent.id", agent.id.clone()),
+            Attribute::new("mcpfier.attempt", n as i64),
+            Attribute::new("mcpfier.call_id", call_id.to_owned()),
+            Attribute::new("gen_ai.tool.name", tool.name.clone()),
+        ];
+        if let Some((host, port)) = agent.address.rsplit_once(':') {
+            attributes.push(Attribute::new("server.address", host.to_owned()));
+            if let Ok(port) = port.parse::<i64>() {
+                attributes.push(Attribute::new("server.port", port));
+            }
+        }
+        Span::start(
+            "mcpfier.agent.v1.Agent/Execute",
+            Kind::Client,
+            attributes,
+            trace,
+        )
+    }
+
+    /// One attempt of the call on `agent`; `trace` (the attempt's span) goes to the agent
+    /// as W3C trace context in the request's metadata.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
@@ -156,9 +220,15 @@ impl Fleet {
         started: Instant,
         events: &Option<UnboundedSender<Event>>,
         cancel: &CancellationToken,
+        trace: &telemetry::Context,
     ) -> Attempt {
         let _inflight = Inflight::new(agent.clone());
-        let request = wire::request(exec, call_id, request_id, &tool.name);
+        let mut request = tonic::Request::new(wire::request(exec, call_id, request_id, &tool.name));
+        telemetry::inject(trace, |key, value| {
+            if let Ok(value) = value.parse() {
+                request.metadata_mut().insert(key, value);
+            }
+        });
         let mut client = agent.client.clone();
         let accept_by = tokio::time::Instant::now() + self.accept_timeout;
         let not_accepted = || {
@@ -249,6 +319,7 @@ impl Fleet {
                         Ok(outcome) => Ok(Ran {
                             outcome,
                             agent: agent.id.clone(),
+                            call_id: call_id.to_owned(),
                         }),
                         Err((kind, message)) => Err(Error::Start {
                             agent: agent.id.clone(),

@@ -18,3 +18,4 @@ mod server_limits;
 mod signed;
 mod status;
 mod tidy;
+mod traces;

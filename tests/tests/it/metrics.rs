@@ -168,3 +168,19 @@ fn metrics_need_fleet_read_and_an_agent_refuses_a_public_metrics_address_unless_
         "{stderr}"
     );
 }
+
+#[test]
+fn server_metrics_false_records_nothing_and_says_so_at_metrics() {
+    let scratch = Scratch::new();
+    let config = scratch
+        .config("server: {metrics: false}\ntools:\n  - {name: hi, command: [/bin/echo, hi]}\n");
+    let c = Coordinator::start(&config, &[], &[]);
+    let r = drive_http(
+        &c.url(),
+        json!([{"op": "call", "name": "hi", "arguments": {}}]),
+    );
+    assert_eq!(r[0]["is_error"], false, "{}", r[0]);
+    let (status, body) = http_request(&c.addr, "GET", "/metrics", &[], "").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("server.metrics: false"), "{body}");
+}

@@ -19,12 +19,17 @@ fn status_json(base: &str, env: &[(&str, &str)]) -> Result<Value, String> {
 }
 
 fn agent_in<'v>(view: &'v Value, id: &str) -> &'v Value {
-    view["agents"]
-        .as_array()
-        .expect("an agents list")
-        .iter()
-        .find(|a| a["id"] == id)
-        .unwrap_or_else(|| panic!("no agent {id} in {view}"))
+    find_agent(view, id).unwrap_or_else(|| panic!("no agent {id} in {view}"))
+}
+
+/// The agent `id` of the view; `None` while routing does not know it.
+fn find_agent<'v>(view: &'v Value, id: &str) -> Option<&'v Value> {
+    view["agents"].as_array()?.iter().find(|a| a["id"] == id)
+}
+
+/// The state `id` has in the view, if routing knows it.
+fn state_of<'v>(view: &'v Value, id: &str) -> Option<&'v str> {
+    find_agent(view, id)?["state"].as_str()
 }
 
 #[test]
@@ -57,8 +62,7 @@ fn status_shows_a_killed_static_agent_out_of_routing_with_its_last_error() {
 
     let view = wait_for(Duration::from_secs(15), || {
         let v = status_json(&base, &[]).ok()?;
-        (agent_in(&v, "eu1")["state"] == "healthy" && agent_in(&v, "us1")["state"] == "healthy")
-            .then_some(v)
+        (state_of(&v, "eu1")? == "healthy" && state_of(&v, "us1")? == "healthy").then_some(v)
     })
     .expect("both agents healthy in status");
     assert_eq!(view["mode"], "fleet");
@@ -99,7 +103,7 @@ fn status_shows_a_killed_static_agent_out_of_routing_with_its_last_error() {
     us1.process.kill9();
     let view = wait_for(Duration::from_secs(15), || {
         let v = status_json(&base, &[]).ok()?;
-        (agent_in(&v, "us1")["state"] == "unhealthy").then_some(v)
+        (state_of(&v, "us1")? == "unhealthy").then_some(v)
     })
     .expect("the killed agent out of routing in status");
     let last_error = agent_in(&view, "us1")["last_error"]
@@ -234,7 +238,7 @@ fn readyz_waits_for_etcd_on_the_coordinator_and_for_registration_on_the_agent() 
     let base = format!("http://{}", c.addr);
     wait_for(Duration::from_secs(20), || {
         let v = status_json(&base, &[]).ok()?;
-        (agent_in(&v, "a")["state"] == "healthy").then_some(())
+        (state_of(&v, "a")? == "healthy").then_some(())
     })
     .expect("the registered agent never became healthy in status");
     // Once reached, an etcd outage leaves the coordinator ready: it routes on what it knows.
@@ -259,7 +263,7 @@ fn readyz_waits_for_etcd_on_the_coordinator_and_for_registration_on_the_agent() 
     // The coordinator, routing on the last known membership, sees it fenced too.
     wait_for(Duration::from_secs(20), || {
         let v = status_json(&base, &[]).ok()?;
-        (agent_in(&v, "a")["state"] == "fenced").then_some(())
+        (state_of(&v, "a")? == "fenced").then_some(())
     })
     .unwrap_or_else(|| {
         panic!(
