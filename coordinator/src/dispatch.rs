@@ -85,6 +85,8 @@ pub struct Dispatcher {
     _lifeline: Option<Arc<Lifeline>>,
     /// `server.audit`, open.
     audit: Option<Arc<crate::audit::Audit>>,
+    /// The dashboard's record of calls.
+    board: Arc<crate::board::Board>,
 }
 
 /// The owner label of containers an embedded coordinator starts.
@@ -102,6 +104,7 @@ impl Dispatcher {
             executor: Executor::new(embedded_owner()),
             _lifeline: None,
             audit: None,
+            board: Arc::default(),
         }
     }
 
@@ -164,7 +167,13 @@ impl Dispatcher {
             executor,
             _lifeline: lifeline,
             audit,
+            board: Arc::default(),
         })
+    }
+
+    /// The dashboard's record of calls.
+    pub fn board(&self) -> &Arc<crate::board::Board> {
+        &self.board
     }
 
     /// The audit file, when `server.audit` is set.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod conns;
 pub mod tls;
+mod ui;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -115,6 +116,7 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     // What a session was opened with stays in the front door, so a parked one is woken.
     config.session_store = Some(front.clone());
     let fleet = dispatcher.fleet().cloned();
+    let board = dispatcher.board().clone();
     let server =
         Server::new(dispatcher, tasks, shutdown.clone()).with_result_budget(mcp::RESULT_BUDGET);
     // Sessions are parked and expired here, by `server.limits`, counting a call in flight
@@ -159,6 +161,23 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     let fleet_for_ready = fleet.clone();
     let auth_on = catalog.access.enabled();
     let started = Started::now();
+    // `/fleet`'s body: the routing view, etcd, and this coordinator's version and uptime.
+    let fleet_view = move |fleet: Option<&crate::fleet::Fleet>| match fleet {
+        Some(f) => {
+            let (agents, etcd) = f.view();
+            serde_json::json!({"mode": "fleet", "coordinator": started.view(),
+                               "etcd": etcd, "agents": agents})
+        }
+        None => serde_json::json!({"mode": "embedded", "coordinator": started.view(),
+                                   "agents": []}),
+    };
+    let board_routes = ui::routes(
+        board,
+        fleet.clone(),
+        catalog.tools.keys().cloned().collect(),
+        may_read.clone(),
+        fleet_view,
+    );
     Router::new()
         .nest_service("/mcp", service)
         .route(
@@ -248,21 +267,12 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
                     if let Some(refused) = allowed {
                         return refused;
                     }
-                    let coordinator = started.view();
-                    let body = match fleet {
-                        Some(f) => {
-                            let (agents, etcd) = f.view();
-                            serde_json::json!({"mode": "fleet", "coordinator": coordinator,
-                                               "etcd": etcd, "agents": agents})
-                        }
-                        None => serde_json::json!({"mode": "embedded", "coordinator": coordinator,
-                                                   "agents": []}),
-                    };
-                    axum::Json(body).into_response()
+                    axum::Json(fleet_view(fleet.as_deref())).into_response()
                 }
             }),
         )
         .merge(metadata_routes(&catalog))
+        .merge(board_routes)
         .layer(axum::middleware::from_fn_with_state(front, auth::check))
         .layer(axum::middleware::from_fn_with_state(
             guard,

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod board;
 pub mod catalog;
 pub mod certs;
 pub mod config;

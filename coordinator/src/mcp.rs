@@ -465,7 +465,8 @@ impl ServerHandler for Server {
 }
 
 impl Server {
-    /// Appends a `call` line to the audit file (when there is one): who, which session and
+    /// Records how a call ended: in the metrics, on the dashboard's board, and as a `call`
+    /// line in the audit file (when there is one): who, which session and
     /// request, the tool, its arguments (secret parameters' values as their SHA-256; every
     /// value of a tool the caller can't see), and `fields` (outcome, exit code, ...).
     async fn record(
@@ -475,12 +476,23 @@ impl Server {
         tool: Option<&Tool>,
         fields: Value,
     ) {
-        count_call(tool, &fields);
+        let outcome = count_call(tool, &fields);
+        let parts = http_request(context);
+        let principal = principal(context);
+        self.dispatcher.board().record(crate::board::CallRecord {
+            at_ms: mcpfier_common::membership::now_ms(),
+            tool: tool.map(|t| t.name.clone()),
+            principal: principal.map(|p| p.id.clone()),
+            agent: fields["agent"]
+                .as_str()
+                .filter(|a| *a != "local")
+                .map(str::to_owned),
+            outcome,
+            duration_ms: fields["duration_ms"].as_u64(),
+        });
         let Some(audit) = self.dispatcher.audit() else {
             return;
         };
-        let parts = http_request(context);
-        let principal = principal(context);
         let session = parts
             .and_then(|p| p.headers.get("mcp-session-id"))
             .and_then(|v| v.to_str().ok());
@@ -748,7 +760,9 @@ impl Server {
 /// Counts a call in the metrics, by its audit outcome: a call that ran is `ok` or `failed`
 /// by the tool's exit codes. A tool that does not exist is counted as `unknown`, so client
 /// input never becomes a label.
-fn count_call(tool: Option<&Tool>, fields: &Value) {
+/// Counts a call in the metrics and returns its outcome as they name it (`ok`, `failed`, or
+/// the outcome in `fields`).
+fn count_call(tool: Option<&Tool>, fields: &Value) -> String {
     use mcpfier_common::metrics as m;
     let name = tool.map_or("unknown", |t| t.name.as_str()).to_owned();
     let outcome = match fields["outcome"].as_str().unwrap_or("unknown") {
@@ -777,7 +791,8 @@ fn count_call(tool: Option<&Tool>, fields: &Value) {
         metrics::histogram!(m::TOOL_CALL_DURATION, "tool" => name.clone())
             .record(ms as f64 / 1000.0);
     }
-    metrics::counter!(m::TOOL_CALLS, "tool" => name, "outcome" => outcome).increment(1);
+    metrics::counter!(m::TOOL_CALLS, "tool" => name, "outcome" => outcome.clone()).increment(1);
+    outcome
 }
 
 /// The HTTP request a message came in (rmcp puts its parts in the context); `None` over

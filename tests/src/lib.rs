@@ -8,13 +8,14 @@
 //! One module per role: `build` (the binaries and the Python), `process` (temp dirs, processes,
 //! deadlines), `coordinator`, `agent`, `certs`, `etcd`, `mcp_client` (the Python MCP driver),
 //! `http`, `docker`, `prometheus` (a real Prometheus scraping them), `otlp` (a real OTLP
-//! trace receiver) and `proxy` (a TCP relay
+//! trace receiver), `browser` (a real headless Chromium) and `proxy` (a TCP relay
 //! that stalls or cuts connections on demand).
 //! Everything is re-exported here, so tests name `mcpfier_tests::X`.
 
 #![forbid(unsafe_code)]
 
 mod agent;
+mod browser;
 mod build;
 mod certs;
 mod coordinator;
@@ -28,6 +29,7 @@ mod prometheus;
 mod proxy;
 
 pub use agent::Agent;
+pub use browser::Browser;
 pub use build::{MCP_PYPI_PIN, mcpfier, mcpfier_agent, python, workspace};
 pub use certs::Certs;
 pub use coordinator::{Coordinator, Guarded};

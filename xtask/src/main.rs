@@ -32,6 +32,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "/bin/busybox"),
     // The metrics tests scrape the binaries with a real Prometheus.
     ("prometheus", "/usr/bin/prometheus"),
+    // The dashboard tests load /ui in a real headless browser.
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 /// Debian packages the benchmark needs.

@@ -275,14 +275,15 @@ fn refusal(status: StatusCode, challenge: Option<&str>, message: &str) -> Respon
 
 /// Authenticates the request (when `server.auth` is on), keeps sessions with their
 /// principals and within `server.limits`, and marks a session busy while its request is
-/// answered. The probes (`/healthz`, `/readyz`) and the protected-resource metadata are open.
+/// answered. The probes (`/healthz`, `/readyz`), the protected-resource metadata and the
+/// dashboard's static assets (which hold no data) are open.
 pub(super) async fn check(
     State(front): State<Arc<Front>>,
     mut req: Request,
     next: Next,
 ) -> Response {
     let path = req.uri().path();
-    if super::is_probe(path) || path.starts_with(METADATA_PATH) {
+    if super::is_probe(path) || path.starts_with(METADATA_PATH) || super::ui::is_asset(path) {
         return next.run(req).await;
     }
     let peer = req.extensions().get::<Peer>().map(|p| p.0);

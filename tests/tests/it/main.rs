@@ -4,6 +4,7 @@
 mod chaos;
 mod cli;
 mod container;
+mod dashboard;
 mod dispatch;
 mod embedded;
 mod etcd_auth;
