@@ -1,8 +1,10 @@
 //! Metrics and tracing under load: `tools/call echo` through a coordinator to one agent,
 //! with Prometheus metrics recorded on both and every call traced (sampled at 100%) to a
 //! local OTLP/gRPC receiver, against the same pair with metrics off (`server.metrics:
-//! false`, no agent `metrics_listen`) and no `telemetry`. Measured alternately in one run
-//! (off, on, off, on) so that drift on a noisy machine falls on both sides.
+//! false`, no agent `metrics_listen`) and no `telemetry`; and, to show what each part
+//! costs, with only one of the two on. Four coordinator-agent pairs, measured in turn (off,
+//! metrics, traces, both, twice at 1 client, then twice at 8) so that drift on a noisy
+//! machine falls on every side.
 //!
 //! The receiver runs in this process (tonic, on the OpenTelemetry protocol definitions): it
 //! decodes each export and counts its spans, so the figure includes the export itself.
@@ -45,19 +47,58 @@ impl TraceService for Counter {
     }
 }
 
+/// What a coordinator and its agent record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Off,
+    MetricsOnly,
+    TracesOnly,
+    Both,
+}
+
+impl Side {
+    const ALL: [Side; 4] = [Side::Off, Side::MetricsOnly, Side::TracesOnly, Side::Both];
+
+    fn name(self) -> &'static str {
+        match self {
+            Side::Off => "metrics and traces off (coordinator -> agent)",
+            Side::MetricsOnly => "metrics on, traces off",
+            Side::TracesOnly => "traces on (100% sampled), metrics off",
+            Side::Both => "metrics and traces on, 100% sampled",
+        }
+    }
+
+    fn id(self) -> &'static str {
+        match self {
+            Side::Off => "obs-off",
+            Side::MetricsOnly => "obs-metrics",
+            Side::TracesOnly => "obs-traces",
+            Side::Both => "obs-both",
+        }
+    }
+
+    fn metrics(self) -> bool {
+        matches!(self, Side::MetricsOnly | Side::Both)
+    }
+
+    fn traces(self) -> bool {
+        matches!(self, Side::TracesOnly | Side::Both)
+    }
+}
+
 /// The figures at 1 and 8 clients, each side measured twice.
 pub struct Observability {
-    runs: Vec<(bool, usize, Figures)>,
+    runs: Vec<(Side, usize, Figures)>,
     spans: u64,
     traced_calls: u64,
 }
 
 impl Observability {
-    fn mean(&self, on: bool, clients: usize) -> f64 {
+    fn mean(&self, side: Side, clients: usize) -> f64 {
         let v: Vec<f64> = self
             .runs
             .iter()
-            .filter(|(o, c, _)| *o == on && *c == clients)
+            .filter(|(s, c, _)| *s == side && *c == clients)
             .map(|(_, _, f)| f.rate)
             .collect();
         v.iter().sum::<f64>() / v.len() as f64
@@ -84,56 +125,44 @@ pub fn run(dir: &Path, duration: Duration) -> anyhow::Result<Observability> {
     crate::wait_for_port(&format!("127.0.0.1:{port}"))?;
 
     let certs = dir.join("obs-certs");
-    make_certs(&certs, &["obs-off", "obs-on"])?;
+    let ids: Vec<&str> = Side::ALL.iter().map(|s| s.id()).collect();
+    make_certs(&certs, &ids)?;
     let telemetry = format!("telemetry: {{otlp_endpoint: \"{endpoint}\"}}\n");
-    let (_agent_off, off_agent) = start_agent_with(dir, &certs, "obs-off", "")?;
-    let (_agent_on, on_agent) = start_agent_with(
-        dir,
-        &certs,
-        "obs-on",
-        &format!("metrics_listen: 127.0.0.1:0\n{telemetry}"),
-    )?;
-    let (_off, off_addr) = start_mcpfier_with(
-        dir,
-        "obs-off",
-        &format!(
-            "server: {{max_concurrency: 64, metrics: false}}\n{}{}",
-            fleet_yaml(&certs, &[("obs-off", &off_agent)]),
-            crate::ECHO_TOOL
-        ),
-    )?;
-    let (_on, on_addr) = start_mcpfier_with(
-        dir,
-        "obs-on",
-        &format!(
-            "server: {{max_concurrency: 64}}\n{telemetry}{}{}",
-            fleet_yaml(&certs, &[("obs-on", &on_agent)]),
-            crate::ECHO_TOOL
-        ),
-    )?;
+    let mut servers = Vec::new();
+    let mut addrs = Vec::new();
+    for side in Side::ALL {
+        let mut agent_extra = String::new();
+        if side.metrics() {
+            agent_extra.push_str("metrics_listen: 127.0.0.1:0\n");
+        }
+        if side.traces() {
+            agent_extra.push_str(&telemetry);
+        }
+        let (agent, agent_addr) = start_agent_with(dir, &certs, side.id(), &agent_extra)?;
+        let (coordinator, addr) = start_mcpfier_with(
+            dir,
+            side.id(),
+            &format!(
+                "server: {{max_concurrency: 64, metrics: {}}}\n{}{}{}",
+                side.metrics(),
+                if side.traces() {
+                    telemetry.as_str()
+                } else {
+                    ""
+                },
+                fleet_yaml(&certs, &[(side.id(), &agent_addr)]),
+                crate::ECHO_TOOL
+            ),
+        )?;
+        servers.push((agent, coordinator));
+        addrs.push((side, addr));
+    }
     let mut runs = Vec::new();
     for clients in [1, 8] {
         for _ in 0..2 {
-            runs.push((
-                false,
-                clients,
-                wrk(
-                    "metrics and traces off (coordinator -> agent)",
-                    &off_addr,
-                    clients,
-                    duration,
-                )?,
-            ));
-            runs.push((
-                true,
-                clients,
-                wrk(
-                    "metrics and traces on, 100% sampled",
-                    &on_addr,
-                    clients,
-                    duration,
-                )?,
-            ));
+            for (side, addr) in &addrs {
+                runs.push((*side, clients, wrk(side.name(), addr, clients, duration)?));
+            }
         }
     }
     for (_, _, f) in &runs {
@@ -141,7 +170,7 @@ pub fn run(dir: &Path, duration: Duration) -> anyhow::Result<Observability> {
     }
     let traced_calls = runs
         .iter()
-        .filter(|(on, _, _)| *on)
+        .filter(|(side, _, _)| side.traces())
         .map(|(_, _, f)| f.rate * duration.as_secs_f64())
         .sum::<f64>() as u64;
     // What the batch processors still hold goes out within their 500 ms delay.
@@ -155,6 +184,7 @@ pub fn run(dir: &Path, duration: Duration) -> anyhow::Result<Observability> {
         }
         last = now;
     }
+    drop(servers);
     let _ = stop.send(());
     let _ = runtime.block_on(receiver);
     Ok(Observability {
@@ -164,13 +194,19 @@ pub fn run(dir: &Path, duration: Duration) -> anyhow::Result<Observability> {
     })
 }
 
-/// Prints the ratio the issue states its target in.
+/// Prints the ratio the issue states its target in, and what each part costs.
 pub fn print_ratios(o: &Observability) {
-    for clients in [1, 8] {
-        println!(
-            "  metrics + traces on / off, calls/s, {clients} client(s)          {:>5.1}%   (>= 95%)",
-            100.0 * o.mean(true, clients) / o.mean(false, clients)
-        );
+    for (side, what, target) in [
+        (Side::Both, "metrics + traces on", "   (>= 95%)"),
+        (Side::MetricsOnly, "metrics only       ", ""),
+        (Side::TracesOnly, "traces only        ", ""),
+    ] {
+        for clients in [1, 8] {
+            println!(
+                "  {what} / off, calls/s, {clients} client(s)          {:>5.1}%{target}",
+                100.0 * o.mean(side, clients) / o.mean(Side::Off, clients)
+            );
+        }
     }
     println!(
         "  spans received by the OTLP receiver: {} for {} traced calls ({:.1} per call)",
