@@ -75,6 +75,8 @@ pub struct Catalog {
     pub server: ServerSection,
     /// `server.listen`, parsed.
     pub listen: SocketAddr,
+    /// `server.metrics_listen`, parsed and checked.
+    pub metrics_listen: Option<SocketAddr>,
     /// `server.tls` with paths resolved against the config file's directory.
     pub tls: Option<ServerTls>,
     /// `server.auth` and `roles`, checked.
@@ -328,6 +330,39 @@ impl Catalog {
                 }
             }
         });
+        let metrics_listen = match config
+            .server
+            .metrics_listen
+            .as_deref()
+            .map(str::parse::<SocketAddr>)
+        {
+            None => None,
+            Some(Ok(addr)) if !addr.ip().is_loopback() && !config.server.metrics_public => {
+                problems.push(Problem::new(
+                    "server.metrics_listen",
+                    format!("{addr} is not a loopback address, and metrics there have no credential; use 127.0.0.1:PORT, or set server.metrics_public: true to let anyone who reaches it read them"),
+                ));
+                None
+            }
+            Some(Ok(_)) if !config.server.metrics => {
+                problems.push(Problem::new(
+                    "server.metrics_listen",
+                    "serves metrics, but server.metrics is false: drop one of the two",
+                ));
+                None
+            }
+            Some(Ok(addr)) => Some(addr),
+            Some(Err(_)) => {
+                problems.push(Problem::new(
+                    "server.metrics_listen",
+                    format!(
+                        "`{}` is not an address; write IP:PORT, e.g. 127.0.0.1:9465",
+                        config.server.metrics_listen.as_deref().unwrap_or_default()
+                    ),
+                ));
+                None
+            }
+        };
         if let Some(listen) = listen
             && let Err(why) = crate::http::listen_rule(
                 listen,
@@ -397,6 +432,7 @@ impl Catalog {
                 global_slots: Arc::new(Semaphore::new(config.server.max_concurrency)),
                 server: config.server,
                 listen,
+                metrics_listen,
                 tls,
                 access: Arc::new(access),
                 warnings,

@@ -79,6 +79,14 @@ pub struct ServerSection {
     /// nothing is recorded and `/metrics` answers 404.
     #[serde(default = "yes")]
     pub metrics: bool,
+    /// Also serve `/metrics`, `/healthz` and `/readyz` on this address, plain HTTP with no
+    /// credential (for a scraper that has none). Loopback only, unless `metrics_public`.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// Let `metrics_listen` be a non-loopback address: anyone who reaches it reads the
+    /// metrics (call counts by tool, refusals, agents by state), never arguments or output.
+    #[serde(default)]
+    pub metrics_public: bool,
 }
 
 fn yes() -> bool {
@@ -166,6 +174,8 @@ impl Default for ServerSection {
             audit: None,
             limits: ServerLimits::default(),
             metrics: true,
+            metrics_listen: None,
+            metrics_public: false,
         }
     }
 }

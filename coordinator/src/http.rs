@@ -139,7 +139,9 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     let access = catalog.access.clone();
     // The refusal for a caller that may not read the fleet; `None` lets it through.
     let may_read = move |ext: &axum::http::Extensions| -> Option<Response> {
-        if access.may_read_fleet(auth::principal_of(ext)) {
+        if access.may_read_fleet(auth::principal_of(ext))
+            || ext.get::<auth::OnMetricsListener>().is_some()
+        {
             return None;
         }
         let who = auth::principal_of(ext)
@@ -417,13 +419,30 @@ async fn check_host_and_origin(
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
-    if is_probe(path) || path == "/mcp" || path.starts_with("/mcp/") {
+    if is_probe(path)
+        || path == "/mcp"
+        || path.starts_with("/mcp/")
+        || req.extensions().get::<auth::OnMetricsListener>().is_some()
+    {
         return next.run(req).await;
     }
     if let Some(refused) = g.refusal(req.headers()) {
         return refused;
     }
     next.run(req).await
+}
+
+/// On `server.metrics_listen`: `GET /metrics` and the probes, nothing else.
+async fn metrics_paths_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path();
+    if req.method() == axum::http::Method::GET && (path == "/metrics" || is_probe(path)) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::NOT_FOUND,
+        "only /metrics, /healthz and /readyz are served on server.metrics_listen\n",
+    )
+        .into_response()
 }
 
 /// A session's `DELETE /mcp` is answered 204 No Content: rmcp says 202 Accepted, which the
@@ -635,6 +654,26 @@ pub async fn serve(
     };
     let open = conns::Conns::new(cap);
     let app = router(dispatcher, tasks, shutdown.clone());
+    if let Some(addr) = catalog.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("server.metrics_listen: bind {addr}"))?;
+        let bound = metrics.local_addr()?;
+        info!(address = %bound, "serving metrics at http://{bound}/metrics");
+        let only = app
+            .clone()
+            .layer(axum::middleware::from_fn(metrics_paths_only))
+            .layer(axum::Extension(auth::OnMetricsListener));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(metrics, only)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "server.metrics_listen failed");
+            }
+        });
+    }
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     info!(
         address = %local,

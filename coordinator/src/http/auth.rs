@@ -87,6 +87,11 @@ fn auth_reason(e: &AuthError) -> &'static str {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+/// Marks a request that came in on `server.metrics_listen`: only `/metrics` and the probes
+/// are served there, with no credential.
+#[derive(Clone, Copy, Debug)]
+pub struct OnMetricsListener;
+
 /// What the checks share: the access rules and which principal owns which session.
 pub struct Front {
     pub(super) access: Arc<Access>,
@@ -283,7 +288,11 @@ pub(super) async fn check(
     next: Next,
 ) -> Response {
     let path = req.uri().path();
-    if super::is_probe(path) || path.starts_with(METADATA_PATH) || super::ui::is_asset(path) {
+    if super::is_probe(path)
+        || path.starts_with(METADATA_PATH)
+        || super::ui::is_asset(path)
+        || req.extensions().get::<OnMetricsListener>().is_some()
+    {
         return next.run(req).await;
     }
     let peer = req.extensions().get::<Peer>().map(|p| p.0);

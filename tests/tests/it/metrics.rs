@@ -184,3 +184,59 @@ fn server_metrics_false_records_nothing_and_says_so_at_metrics() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("server.metrics: false"), "{body}");
 }
+
+#[test]
+fn server_metrics_listen_serves_metrics_and_probes_without_a_credential_and_nothing_else() {
+    let scratch = Scratch::new();
+    let (_, reader_line) = mcpfier_tests::new_key("reader", "watch");
+    let config = scratch.config(&format!(
+        "server:\n  metrics_listen: 127.0.0.1:0\n  auth:\n    api_keys:\n      {reader_line}\nroles:\n  watch: {{fleet: read}}\ntools:\n  - {{name: hi, command: [/bin/echo, hi]}}\n"
+    ));
+    let c = Coordinator::start(&config, &[], &[]);
+    let rest = c
+        .process
+        .wait_for_log("serving metrics at http://", Duration::from_secs(10));
+    let metrics = rest[..rest.find("/metrics").unwrap()].to_owned();
+    let (status, page) = http_request(&metrics, "GET", "/metrics", &[], "").unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("mcpfier_sessions"), "{page}");
+    // Any Host: a scraper uses whatever address reaches the host.
+    let (status, _) = http_request(
+        &metrics,
+        "GET",
+        "/metrics",
+        &[("host", "10.1.2.3:9465")],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(http_request(&metrics, "GET", path, &[], "").unwrap().0, 200);
+    }
+    // Nothing else is served there, however the request is made.
+    for (method, path) in [
+        ("GET", "/fleet"),
+        ("GET", "/ui/state"),
+        ("POST", "/mcp"),
+        ("POST", "/metrics"),
+    ] {
+        let (status, body) = http_request(&metrics, method, path, &[], "{}").unwrap();
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
+    // The main listener still wants a credential.
+    assert_eq!(
+        http_request(&c.addr, "GET", "/metrics", &[], "").unwrap().0,
+        401
+    );
+    // A public address needs to say so.
+    let public = scratch.config(
+        "server: {metrics_listen: \"0.0.0.0:9465\"}\ntools:\n  - {name: hi, command: [/bin/echo, hi]}\n",
+    );
+    let (code, _, err) =
+        mcpfier_tests::mcpfier_cli(&["--config", public.to_str().unwrap(), "validate"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("server.metrics_listen") && err.contains("metrics_public"),
+        "{err}"
+    );
+}
