@@ -105,6 +105,8 @@ pub struct Fleet {
     certified_keys: Arc<[String]>,
     changes: Arc<watch::Sender<u64>>,
     etcd: RwLock<EtcdView>,
+    /// etcd agents whose record went away, as last seen, for the views (not routing).
+    departed: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, AgentView)>>,
 }
 
 /// A finished remote call.
@@ -135,6 +137,7 @@ impl Fleet {
             accept_timeout: settings.accept_timeout,
             certified_keys: settings.certified_labels.clone().into(),
             changes: Arc::new(watch::channel(0).0),
+            departed: Default::default(),
             etcd: RwLock::new(EtcdView {
                 configured: settings.etcd.is_some(),
                 ..EtcdView::default()

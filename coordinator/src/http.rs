@@ -163,12 +163,13 @@ pub fn router(dispatcher: Dispatcher, tasks: &TaskTracker, shutdown: Cancellatio
     let fleet_for_ready = fleet.clone();
     let auth_on = catalog.access.enabled();
     let started = Started::now();
-    // `/fleet`'s body: the routing view, etcd, and this coordinator's version and uptime.
+    // `/fleet`'s body: the routing view, etcd agents that left it lately (`departed`, state
+    // `gone`), etcd, and this coordinator's version and uptime.
     let fleet_view = move |fleet: Option<&crate::fleet::Fleet>| match fleet {
         Some(f) => {
             let (agents, etcd) = f.view();
             serde_json::json!({"mode": "fleet", "coordinator": started.view(),
-                               "etcd": etcd, "agents": agents})
+                               "etcd": etcd, "agents": agents, "departed": f.departed()})
         }
         None => serde_json::json!({"mode": "embedded", "coordinator": started.view(),
                                    "agents": []}),

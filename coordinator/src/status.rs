@@ -100,7 +100,13 @@ pub fn render(view: &Value, now_ms: u64) -> String {
         let _ = writeln!(out, "etcd {state}");
     }
     let empty = Vec::new();
-    let mut agents: Vec<&Value> = view["agents"].as_array().unwrap_or(&empty).iter().collect();
+    // Agents that left etcd lately are shown too, as `gone`, after the ones in routing.
+    let mut agents: Vec<&Value> = view["agents"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .chain(view["departed"].as_array().unwrap_or(&empty))
+        .collect();
     if view["mode"] == "embedded" {
         return out;
     }

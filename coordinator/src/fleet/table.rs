@@ -17,6 +17,11 @@ use super::channel::channel;
 use crate::catalog::Tool;
 use crate::membership::{Sink, Update};
 
+/// How long an etcd agent that left stays in the views as `gone`.
+pub const DEPARTED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+/// At most this many of them are kept.
+const DEPARTED_MAX: usize = 1000;
+
 /// What the coordinator knows of etcd.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct EtcdView {
@@ -176,17 +181,51 @@ impl Fleet {
             .map(|a| a.view())
     }
 
-    /// Removes an etcd agent whose key is gone (lease expired or revoked).
+    /// Removes an etcd agent whose key is gone (lease expired or revoked); the views keep it
+    /// as `gone` for [`DEPARTED_FOR`].
     fn remove_from_etcd(&self, id: &str) {
         let mut agents = self.write_agents();
-        let before = agents.len();
-        agents.retain(|a| !(a.id == id && a.source == Source::Etcd));
-        let removed = agents.len() != before;
+        let mut left = None;
+        agents.retain(|a| {
+            let leaving = a.id == id && a.source == Source::Etcd;
+            if leaving {
+                left = Some(a.view());
+            }
+            !leaving
+        });
         drop(agents);
-        if removed {
+        if let Some(mut view) = left {
             info!(agent = %id, "agent left");
+            view.state = "gone";
+            view.healthy = false;
+            view.last_error = Some(match view.last_error.take() {
+                Some(why) => format!(
+                    "its etcd record is gone (lease expired or revoked); before that: {why}"
+                ),
+                None => "its etcd record is gone (lease expired or revoked)".to_owned(),
+            });
+            let mut departed = self.departed.lock().unwrap_or_else(|p| p.into_inner());
+            departed.retain(|(_, v)| v.id != id);
+            departed.push_back((std::time::Instant::now(), view));
+            while departed.len() > DEPARTED_MAX {
+                departed.pop_front();
+            }
+            drop(departed);
             self.changes.send_modify(|v| *v += 1);
         }
+    }
+
+    /// etcd agents that left in the last [`DEPARTED_FOR`] (state `gone`, newest last), unless
+    /// they came back.
+    pub fn departed(&self) -> Vec<AgentView> {
+        let mut departed = self.departed.lock().unwrap_or_else(|p| p.into_inner());
+        departed.retain(|(at, _)| at.elapsed() < DEPARTED_FOR);
+        let present: Vec<String> = self.snapshot().iter().map(|a| a.id.clone()).collect();
+        departed
+            .iter()
+            .filter(|(_, v)| !present.contains(&v.id))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// Replaces the etcd agents with a fresh listing.

@@ -52,7 +52,8 @@ function spark(points, index, cls, errors) {
 }
 
 function renderAgents(state) {
-  const agents = state.agents || [];
+  // Agents that left etcd lately stay on the page, as gone, with why.
+  const agents = (state.agents || []).concat(state.departed || []);
   const regions = new Map();
   for (const a of agents) {
     const r = (a.labels && a.labels.region) || "no region";

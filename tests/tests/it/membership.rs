@@ -221,6 +221,39 @@ fn a_killed_agent_leaves_routing_and_etcd_and_gets_no_more_calls() {
         (!out.contains(&format!("\"id\": \"{victim}\""))).then_some(())
     })
     .unwrap_or_else(|| panic!("{victim} still in etcd 30s after it was killed"));
+    // Out of routing, but not out of sight: the views keep it as gone, with why.
+    let gone = wait_for(Duration::from_secs(10), || {
+        let fleet = get_json(&c.addr, "/fleet");
+        fleet["departed"]
+            .as_array()?
+            .iter()
+            .find(|a| a["id"] == victim)
+            .cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{victim} not among the departed: {}",
+            get_json(&c.addr, "/fleet")
+        )
+    });
+    assert_eq!(gone["state"], "gone", "{gone}");
+    let why = gone["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("its etcd record is gone"), "{why}");
+    assert!(
+        get_json(&c.addr, "/fleet")["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["id"] != victim),
+        "a departed agent still in routing"
+    );
+    let (code, text, _) = mcpfier_cli(&["status", "--url", &format!("http://{}", c.addr)], &[]);
+    assert_eq!(code, 0);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{victim} ")))
+        .unwrap_or_else(|| panic!("{victim} not in status:\n{text}"));
+    assert!(row.contains("gone"), "{text}");
     for pid in read_pids(&f.scratch.path().join("k.pid")) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
     }
