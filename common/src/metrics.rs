@@ -71,8 +71,24 @@ pub fn install() -> Result<&'static PrometheusHandle, String> {
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| format!("the metrics recorder could not be installed: {e}"))?;
     describe();
-    Ok(HANDLE.get_or_init(|| handle))
+    let handle = HANDLE.get_or_init(|| handle);
+    // Histogram samples pile up in the recorder until an upkeep folds them into buckets.
+    // A scrape does one, but between scrapes (or with none) they would grow without bound
+    // and slow every call that records one.
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        })
+        .map_err(|e| format!("the metrics upkeep thread could not start: {e}"))?;
+    Ok(handle)
 }
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The metrics in Prometheus' text format; `None` before [`install`].
 pub fn render() -> Option<String> {
