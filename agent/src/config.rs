@@ -118,8 +118,16 @@ pub struct Loaded {
 
 /// Reads and checks `path`; every problem is reported with its path in the file.
 pub fn load(path: &Path) -> anyhow::Result<Loaded> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read the agent config {}", path.display()))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "no agent config at {}: pass --config FILE (examples/fleet/ has one to start from)",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("read the agent config {}", path.display()));
+        }
+    };
     let mut config: AgentConfig = serde_path_to_error::deserialize(
         yaml_serde::Deserializer::from_str(&text),
     )

@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 #[derive(Debug, Parser)]
 #[command(name = "mcpfier-agent", version, about)]
 #[command(
-    after_help = "Example:\n  mcpfier-agent --config /etc/mcpfier/agent.yaml\n\n\
+    after_help = "Examples:\n  mcpfier-agent --config /etc/mcpfier/agent.yaml\n  mcpfier-agent validate --config agent.yaml\n\n\
 Signals: SIGTERM or SIGINT drains it (no new calls; running ones get drain_grace, a second\n\
 signal kills them), leaves etcd and exits 0; SIGHUP reloads the TLS files."
 )]
@@ -34,6 +34,7 @@ struct Cli {
     #[arg(
         long,
         short,
+        global = true,
         value_name = "FILE",
         default_value = "/etc/mcpfier/agent.yaml"
     )]
@@ -44,6 +45,16 @@ struct Cli {
     /// Logs as JSON lines.
     #[arg(long)]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AgentCommand {
+    /// Check the config (and read its TLS files) without starting: every problem, then exit 1;
+    /// or a summary and exit 0.
+    #[command(after_help = "Example:\n  mcpfier-agent validate --config agent.yaml")]
+    Validate,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +63,9 @@ fn main() -> ExitCode {
         return lifeline::run_supervisor(supervised);
     }
     let cli = Cli::parse();
+    if let Some(AgentCommand::Validate) = cli.command {
+        return validate(&cli.config);
+    }
     let from_env = std::env::var("MCPFIER_LOG").ok();
     if let Err(e) = mcpfier_common::logging::init(
         cli.log.as_deref(),
@@ -71,6 +85,36 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mcpfier-agent validate`: loads the config as a start would, and says what it found.
+fn validate(path: &std::path::Path) -> ExitCode {
+    match config::load(path).and_then(|l| TlsState::load(l.tls.clone()).map(|_| l)) {
+        Ok(loaded) => {
+            let c = &loaded.config;
+            let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "ok: agent `{}` listens on {}, capacity {}, labels {}, {}",
+                c.id,
+                loaded.listen,
+                c.capacity,
+                if labels.is_empty() {
+                    "none".to_owned()
+                } else {
+                    labels.join(",")
+                },
+                match &c.etcd {
+                    Some(e) => format!("registers in etcd under {}", e.prefix),
+                    None => "static (listed in the coordinator's fleet.agents)".to_owned(),
+                }
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -658,3 +658,57 @@ fn eight_mebibytes_of_output_cross_the_wire_and_the_agent_stays_routable() {
         .collect();
     assert_eq!(agents.len(), 2, "{agents:?}");
 }
+
+#[test]
+fn mcpfier_agent_validate_checks_a_config_without_starting() {
+    let scratch = Scratch::new();
+    let certs = Certs::init(&scratch.path().join("certs"));
+    certs.issue("agent", "a1");
+    let agent = |args: &[&str]| {
+        let out = std::process::Command::new(mcpfier_tests::mcpfier_agent())
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .expect("run mcpfier-agent");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let good = scratch.write(
+        "good.yaml",
+        &format!(
+            "id: a1\nlisten: 127.0.0.1:7443\nlabels: {{region: eu-west}}\ntls: {}\n",
+            certs.tls_yaml("a1")
+        ),
+    );
+    let (code, out, err) = agent(&["validate", "--config", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("ok: agent `a1` listens on 127.0.0.1:7443"),
+        "{out}"
+    );
+    assert!(
+        out.contains("region=eu-west") && out.contains("static"),
+        "{out}"
+    );
+    let bad = scratch.write(
+        "bad.yaml",
+        &format!(
+            "id: a1\nlisten: 127.0.0.1:7443\ncapacity: 0\ntls: {}\n",
+            certs.tls_yaml("a1")
+        ),
+    );
+    let (code, _, err) = agent(&["--config", bad.to_str().unwrap(), "validate"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("capacity: must be at least 1"), "{err}");
+    let missing = scratch.path().join("nowhere.yaml");
+    let (code, _, err) = agent(&["validate", "--config", missing.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no agent config at") && err.contains("pass --config FILE"),
+        "{err}"
+    );
+}
