@@ -298,19 +298,19 @@ impl agent_server::Agent for AgentService {
         let header = |name| metadata.get(name).and_then(|v| v.to_str().ok());
         let parent = telemetry::extract(header("traceparent"), header("tracestate"));
         let req = request.into_inner();
-        let mut trace = Some(Span::start(
-            "mcpfier.agent.v1.Agent/Execute",
-            Kind::Server,
-            vec![
-                Attribute::new("rpc.system", "grpc"),
-                Attribute::new("rpc.service", "mcpfier.agent.v1.Agent"),
-                Attribute::new("rpc.method", "Execute"),
-                Attribute::new("gen_ai.tool.name", req.tool.clone()),
-                Attribute::new("mcpfier.call_id", req.call_id.clone()),
-                Attribute::new("mcpfier.agent.id", self.config.id.clone()),
-            ],
-            &parent,
-        ));
+        let mut trace = Some(Span::start(Kind::Server, &parent, || {
+            (
+                "mcpfier.agent.v1.Agent/Execute".into(),
+                vec![
+                    Attribute::new("rpc.system", "grpc"),
+                    Attribute::new("rpc.service", "mcpfier.agent.v1.Agent"),
+                    Attribute::new("rpc.method", "Execute"),
+                    Attribute::new("gen_ai.tool.name", req.tool.clone()),
+                    Attribute::new("mcpfier.call_id", req.call_id.clone()),
+                    Attribute::new("mcpfier.agent.id", self.config.id.clone()),
+                ],
+            )
+        }));
         let result = self.start_call(req, &mut trace);
         if let (Err(status), Some(span)) = (&result, &trace) {
             span.set(Attribute::new("rpc.grpc.status_code", status.code() as i64));

@@ -202,12 +202,12 @@ pub struct Span {
 }
 
 impl Span {
-    /// Starts `name` of `kind` under `parent`.
+    /// Starts a span of `kind` under `parent`, named and described by `describe`, which is
+    /// called only when spans are made: without telemetry a span costs no name or attribute.
     pub fn start(
-        name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
-        attributes: Vec<KeyValue>,
         parent: &Context,
+        describe: impl FnOnce() -> (Cow<'static, str>, Vec<KeyValue>),
     ) -> Span {
         let Some(tracer) = TRACER.get() else {
             return Span {
@@ -215,6 +215,7 @@ impl Span {
                 own: false,
             };
         };
+        let (name, attributes) = describe();
         let span = tracer
             .span_builder(name)
             .with_kind(kind)
@@ -234,14 +235,13 @@ impl Span {
         }
     }
 
-    /// A child of this span.
+    /// A child of this span (see [`Span::start`]).
     pub fn child(
         &self,
-        name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
-        attributes: Vec<KeyValue>,
+        describe: impl FnOnce() -> (Cow<'static, str>, Vec<KeyValue>),
     ) -> Span {
-        Span::start(name, kind, attributes, &self.cx)
+        Span::start(kind, &self.cx, describe)
     }
 
     /// The context to pass on: this span as the parent.
@@ -338,7 +338,7 @@ mod tests {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let cx = extract(Some(tp), None);
         assert_eq!(trace_id(&cx), "4bf92f3577b34da6a3ce929d0e0e4736");
-        let span = Span::start("x", SpanKind::Server, vec![], &cx);
+        let span = Span::start(SpanKind::Server, &cx, || ("x".into(), vec![]));
         let mut out = Vec::new();
         inject(span.context(), |k, v| out.push((k, v)));
         assert_eq!(out, [("traceparent", tp.to_owned())]);

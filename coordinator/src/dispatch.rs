@@ -202,7 +202,7 @@ impl Dispatcher {
         cancel: CancellationToken,
         trace: &telemetry::Context,
     ) -> Result<Ran, Error> {
-        let queue = Span::start("queue", Kind::Internal, vec![], trace);
+        let queue = Span::start(Kind::Internal, trace, || ("queue".into(), vec![]));
         let queued = tokio::time::Instant::now();
         let deadline = queued + tool.timeout;
         let waited = || humantime::format_duration(round(tool.timeout)).to_string();

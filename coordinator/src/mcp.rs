@@ -606,7 +606,7 @@ impl Server {
                 )));
             }
         }
-        let checking = trace.child("check arguments", Kind::Internal, vec![]);
+        let checking = trace.child(Kind::Internal, || ("check arguments".into(), vec![]));
         let exec = match tool.prepare(request.arguments.as_ref()) {
             Ok(exec) => exec,
             Err(errors) => {

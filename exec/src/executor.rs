@@ -163,23 +163,20 @@ impl Executor {
         cancel: CancellationToken,
         trace: &telemetry::Context,
     ) -> Result<Outcome, Error> {
-        let mut attributes = vec![
-            Attribute::new("gen_ai.tool.name", tool.to_owned()),
-            Attribute::new("mcpfier.call_id", call_id.to_owned()),
-        ];
-        if let Some(spec) = &exec.container {
-            attributes.push(Attribute::new("container.image.name", spec.image.clone()));
-        }
-        let span = Span::start(
-            if exec.container.is_some() {
-                "execute container"
-            } else {
-                "execute process"
-            },
-            Kind::Internal,
-            attributes,
-            trace,
-        );
+        let span = Span::start(Kind::Internal, trace, || {
+            let mut attributes = vec![
+                Attribute::new("gen_ai.tool.name", tool.to_owned()),
+                Attribute::new("mcpfier.call_id", call_id.to_owned()),
+            ];
+            let name = match &exec.container {
+                Some(spec) => {
+                    attributes.push(Attribute::new("container.image.name", spec.image.clone()));
+                    "execute container"
+                }
+                None => "execute process",
+            };
+            (name.into(), attributes)
+        });
         let result = self.run_untraced(exec, call_id, tool, events, cancel).await;
         match &result {
             Ok(o) => {

@@ -184,27 +184,24 @@ impl Fleet {
         n: usize,
         trace: &telemetry::Context,
     ) -> Span {
-        let mut attributes = vec![
-            Attribute::new("rpc.system", "grpc"),
-            Attribute::new("rpc.service", "mcpfier.agent.v1.Agent"),
-            Attribute::new("rpc.method", "Execute"),
-            Attribute::new("mcpfier.agent.id", agent.id.clone()),
-            Attribute::new("mcpfier.attempt", n as i64),
-            Attribute::new("mcpfier.call_id", call_id.to_owned()),
-            Attribute::new("gen_ai.tool.name", tool.name.clone()),
-        ];
-        if let Some((host, port)) = agent.address.rsplit_once(':') {
-            attributes.push(Attribute::new("server.address", host.to_owned()));
-            if let Ok(port) = port.parse::<i64>() {
-                attributes.push(Attribute::new("server.port", port));
+        Span::start(Kind::Client, trace, || {
+            let mut attributes = vec![
+                Attribute::new("rpc.system", "grpc"),
+                Attribute::new("rpc.service", "mcpfier.agent.v1.Agent"),
+                Attribute::new("rpc.method", "Execute"),
+                Attribute::new("mcpfier.agent.id", agent.id.clone()),
+                Attribute::new("mcpfier.attempt", n as i64),
+                Attribute::new("mcpfier.call_id", call_id.to_owned()),
+                Attribute::new("gen_ai.tool.name", tool.name.clone()),
+            ];
+            if let Some((host, port)) = agent.address.rsplit_once(':') {
+                attributes.push(Attribute::new("server.address", host.to_owned()));
+                if let Ok(port) = port.parse::<i64>() {
+                    attributes.push(Attribute::new("server.port", port));
+                }
             }
-        }
-        Span::start(
-            "mcpfier.agent.v1.Agent/Execute",
-            Kind::Client,
-            attributes,
-            trace,
-        )
+            ("mcpfier.agent.v1.Agent/Execute".into(), attributes)
+        })
     }
 
     /// One attempt of the call on `agent`; `trace` (the attempt's span) goes to the agent

@@ -37,38 +37,39 @@ impl Request {
             Some(tp) => telemetry::extract(Some(tp), context.meta.get_tracestate()),
             None => telemetry::extract(header("traceparent"), header("tracestate")),
         };
-        let mut attributes = vec![
-            Attribute::new("mcp.method.name", method),
-            Attribute::new("jsonrpc.request.id", context.id.to_string()),
-            Attribute::new(
-                "network.transport",
-                if parts.is_some() { "tcp" } else { "pipe" },
-            ),
-        ];
-        if telemetry::enabled() {
+        let span = Span::start(Kind::Server, &parent, || {
+            let mut attributes = vec![
+                Attribute::new("mcp.method.name", method),
+                Attribute::new("jsonrpc.request.id", context.id.to_string()),
+                Attribute::new(
+                    "network.transport",
+                    if parts.is_some() { "tcp" } else { "pipe" },
+                ),
+            ];
             if let Some(info) = context.peer.peer_info() {
                 attributes.push(Attribute::new(
                     "mcp.protocol.version",
                     info.protocol_version.to_string(),
                 ));
             }
-            // The session id lets its holder use the session, so spans carry a digest of it:
-            // enough to group a session's requests, useless to anyone who reads the trace.
+            // The session id lets its holder use the session, so spans carry a digest of
+            // it: enough to group a session's requests, useless to anyone who reads the trace.
             if let Some(session) = header("mcp-session-id") {
                 let digest = crate::audit::sha256_hex(session.as_bytes());
                 attributes.push(Attribute::new("mcp.session.id", digest[..32].to_owned()));
             }
-        }
-        let name = match tool {
-            Some(t) => {
-                attributes.push(Attribute::new("gen_ai.tool.name", t.to_owned()));
-                attributes.push(Attribute::new("gen_ai.operation.name", "execute_tool"));
-                format!("{method} {t}")
-            }
-            None => method.to_owned(),
-        };
+            let name = match tool {
+                Some(t) => {
+                    attributes.push(Attribute::new("gen_ai.tool.name", t.to_owned()));
+                    attributes.push(Attribute::new("gen_ai.operation.name", "execute_tool"));
+                    format!("{method} {t}")
+                }
+                None => method.to_owned(),
+            };
+            (name.into(), attributes)
+        });
         Request {
-            span: Span::start(name, Kind::Server, attributes, &parent),
+            span,
             method,
             tool: tool.map(str::to_owned),
             started: Instant::now(),
