@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use mcpfier_exec::{ErrorKind, Event, HasKind, Outcome};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
-    ServerCapabilities, ServerConfig, Tool as McpTool, ToolAnnotations,
+    InitializeRequestParams, InitializeResult, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ProgressToken, ServerCapabilities, ServerConfig, Tool as McpTool,
+    ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -393,6 +394,28 @@ impl ServerHandler for Server {
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("mcpfier", env!("CARGO_PKG_VERSION")))
             .with_instructions("Each tool runs one fixed command with the arguments you give it.")
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        context.peer.set_peer_info(request.clone());
+        let trace = trace::Request::start(&context, "initialize", None);
+        let result = self.negotiate_initialize(&request);
+        trace.end(
+            result
+                .as_ref()
+                .err()
+                .map(|e| (e.code.0.to_string(), e.message.to_string())),
+        );
+        result
+    }
+
+    async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), McpError> {
+        trace::Request::start(&context, "ping", None).end(None);
+        Ok(())
     }
 
     async fn list_tools(

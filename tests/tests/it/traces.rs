@@ -219,8 +219,11 @@ fn an_http_traceparent_is_continued_and_failures_and_unknown_tools_are_marked() 
         all.extend_from_slice(headers);
         http_exchange(&c.addr, "POST", "/mcp", &all, body).expect("POST /mcp")
     };
+    // Every MCP request has its span, not only tool calls: initialize and ping here.
+    let (init_trace, init_parent) = new_trace();
+    let init_traceparent = format!("00-{init_trace}-{init_parent}-01");
     let init = post(
-        &[],
+        &[("traceparent", init_traceparent.as_str())],
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
     );
     let session = init.header("mcp-session-id").expect("a session").to_owned();
@@ -247,6 +250,8 @@ fn an_http_traceparent_is_continued_and_failures_and_unknown_tools_are_marked() 
         r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"no-such-tool-8812","arguments":{}}}"#,
     );
     assert!(unknown.body.contains("unknown tool"), "{}", unknown.body);
+    let ping = post(&with_trace, r#"{"jsonrpc":"2.0","id":4,"method":"ping"}"#);
+    assert!(ping.body.contains(r#""result":{}"#), "{}", ping.body);
 
     let spans = receiver
         .wait_for(Duration::from_secs(20), |spans| {
@@ -254,6 +259,8 @@ fn an_http_traceparent_is_continued_and_failures_and_unknown_tools_are_marked() 
             named.contains_key("tools/call fail")
                 && named.contains_key("tools/call")
                 && named.contains_key("execute process")
+                && named.contains_key("ping")
+                && by_name(spans, &init_trace).contains_key("initialize")
         })
         .unwrap_or_else(|| panic!("spans missing: {:?}", receiver.spans()));
     let named = by_name(&spans, &trace);
@@ -273,6 +280,15 @@ fn an_http_traceparent_is_continued_and_failures_and_unknown_tools_are_marked() 
     assert!(
         unknown["attributes"].get("gen_ai.tool.name").is_none(),
         "{unknown}"
+    );
+    let initialize = one(&by_name(&spans, &init_trace), "initialize").clone();
+    assert_eq!(initialize["parent_span_id"], init_parent.as_str());
+    assert_eq!(initialize["attributes"]["mcp.method.name"], "initialize");
+    let ping = one(&named, "ping");
+    assert_eq!(ping["parent_span_id"], parent.as_str());
+    assert_eq!(
+        ping["attributes"]["mcp.session.id"], failed["attributes"]["mcp.session.id"],
+        "a session's requests share its digest"
     );
     let all = serde_json::to_string(&receiver.spans()).unwrap();
     assert!(
