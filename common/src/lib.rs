@@ -11,6 +11,7 @@ pub mod membership;
 pub mod metrics;
 pub mod net;
 pub mod secret;
+pub mod suggest;
 pub mod telemetry;
 pub mod tls;
 pub mod tool;

@@ -38,6 +38,18 @@ pub fn parse(
     path: &Path,
     env: &HashMap<String, String>,
 ) -> Result<Catalog, crate::config::Error> {
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(crate::config::Error {
+            file: path.to_owned(),
+            problems: vec![Problem::new(
+                "",
+                "the file is empty: it needs at least a `tools:` list. `mcpfier init` writes a commented starter config; examples/mcpfier.yaml has more",
+            )],
+        });
+    }
     let crate::config::Parsed { config, lines } = crate::config::parse(text, path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let with_lines = |mut problems: Vec<Problem>| {
@@ -386,6 +398,12 @@ impl Catalog {
 
         let mut tools = IndexMap::new();
         let mut warnings = Vec::new();
+        if config.tools.is_empty() {
+            warnings.push(Problem::new(
+                "tools",
+                "no tools are defined: clients will see an empty list",
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, section) in config.tools.into_iter().enumerate() {
             let at = format!("tools[{i}]");
@@ -409,7 +427,10 @@ impl Catalog {
                     "placement needs a `fleet` section: without one, every call runs in this process",
                 ));
             }
-            if let Some(tool) = build_tool(section, &at, env, &mut problems, &mut warnings) {
+            let runs_here = config.fleet.is_none();
+            if let Some(tool) =
+                build_tool(section, &at, env, runs_here, &mut problems, &mut warnings)
+            {
                 tools.insert(tool.name.clone(), Arc::new(tool));
             }
         }
@@ -574,10 +595,57 @@ fn build_fleet(
     }
 }
 
+/// The longest `timeout` a tool may have.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks that `program`, a process tool's `command[0]`, is something a call could run: a
+/// relative path is an error (it would depend on the directory mcpfier was started from),
+/// and, when the tool runs on this host, a program that is not there is a warning (it may
+/// be installed later). `path` is the tool's own `PATH` and whether it is a secret.
+fn check_program(
+    program: &str,
+    section: &crate::config::ToolSection,
+    path: Option<(&str, bool)>,
+    at: &str,
+    runs_here: bool,
+    problem: &mut dyn FnMut(String, String),
+    warnings: &mut Vec<Problem>,
+) {
+    let at = format!("{at}.command[0]");
+    if program.contains('/') && !program.starts_with('/') && section.workdir.is_none() {
+        problem(
+            at,
+            format!(
+                "`{program}` is a relative path: it would be found only when mcpfier starts in the right directory; write an absolute path (or set `workdir`, which it is then relative to)"
+            ),
+        );
+        return;
+    }
+    // On an agent, the program is the agent's business (and its `validate`'s).
+    let (path, secret) = path.unwrap_or((mcpfier_exec::DEFAULT_PATH, false));
+    if !runs_here || secret || program.contains("{{") {
+        return;
+    }
+    let workdir = section.workdir.as_deref().filter(|d| d.is_dir());
+    if mcpfier_exec::process::find_program(program, path, workdir).is_none() {
+        warnings.push(Problem::new(
+            at,
+            if program.contains('/') {
+                format!("`{program}` is not an executable file on this host: calls will fail until it is")
+            } else {
+                format!(
+                    "`{program}` is not on the tool's PATH on this host ({path}): calls will fail until it is installed there; an absolute path says which program is meant"
+                )
+            },
+        ));
+    }
+}
+
 fn build_tool(
     section: crate::config::ToolSection,
     at: &str,
     env: &HashMap<String, String>,
+    runs_here: bool,
     problems: &mut Vec<Problem>,
     warnings: &mut Vec<Problem>,
 ) -> Option<Tool> {
@@ -639,6 +707,32 @@ fn build_tool(
     }
     if section.timeout.get().is_zero() {
         problem(format!("{at}.timeout"), "must be more than zero".into());
+    } else if section.timeout.get() > MAX_TIMEOUT {
+        problem(
+            format!("{at}.timeout"),
+            format!(
+                "{}h is longer than a call may run (at most {}h); a longer job belongs to a scheduler, with a tool that starts it",
+                section.timeout.get().as_secs() / 3600,
+                MAX_TIMEOUT.as_secs() / 3600
+            ),
+        );
+    }
+    if section.container.is_none()
+        && let Some(mcpfier_common::tool::CommandElement::Arg(program)) = section.command.first()
+    {
+        let path = env_vars
+            .iter()
+            .rfind(|v| v.name == "PATH")
+            .map(|v| (v.value.as_str(), v.secret));
+        check_program(
+            program,
+            &section,
+            path,
+            at,
+            runs_here,
+            &mut problem,
+            warnings,
+        );
     }
     if section.max_output.bytes() == 0 {
         problem(format!("{at}.max_output"), "must be more than zero".into());

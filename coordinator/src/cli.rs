@@ -41,8 +41,30 @@ pub enum Command {
     #[command(after_help = "Example:\n  mcpfier --config /etc/mcpfier/mcpfier.yaml stdio")]
     Stdio,
     /// Check the config file and report every problem.
-    #[command(after_help = "Example:\n  mcpfier --config mcpfier.yaml validate")]
-    Validate,
+    #[command(
+        after_help = "Example:\n  mcpfier --config mcpfier.yaml validate --strict\n\n\
+Exit status: 0 when the config is good (warnings are printed but pass, unless --strict);\n\
+1 when it has problems."
+    )]
+    Validate {
+        /// Fail on warnings too (a program missing on this host, a tool with no `--`
+        /// before an option-like parameter, no tools at all).
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Write a commented starter config that passes `validate`.
+    #[command(
+        after_help = "Example:\n  mcpfier init                 # writes ./mcpfier.yaml\n  mcpfier init ~/.config/mcpfier/mcpfier.yaml"
+    )]
+    Init {
+        /// Where to write it (default: ./mcpfier.yaml). An existing file is kept unless
+        /// --force.
+        #[arg(value_name = "FILE", default_value = "mcpfier.yaml")]
+        file: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the JSON Schema of the config file.
     #[command(after_help = "Example:\n  mcpfier schema > mcpfier.schema.json")]
     Schema,

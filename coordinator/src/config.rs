@@ -653,7 +653,7 @@ impl fmt::Display for Error {
 /// Where the config file was looked for, in order, when none was found.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "no config file found; looked at: {}. Pass --config FILE, or set MCPFIER_CONFIG",
+    "no config file found; looked at: {}. Pass --config FILE, or set MCPFIER_CONFIG; `mcpfier init` writes a starter mcpfier.yaml here, and examples/ in the source tree has more",
     .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 )]
 pub struct NotFound(pub Vec<PathBuf>);
@@ -716,7 +716,12 @@ fn yaml_problem(
     lines: &locate::Lines,
 ) -> Problem {
     let path = e.path().to_string();
-    let path = if path == "." { String::new() } else { path };
+    // A parse error has no key yet at its position: the path ends in `?` there.
+    let path = path
+        .trim_end_matches('?')
+        .trim_end_matches('.')
+        .trim_start_matches('.')
+        .to_owned();
     let inner = e.into_inner();
     let mut message = inner.to_string();
     // The deserializer's message may carry its own path prefix and position; keep only the
@@ -730,14 +735,71 @@ fn yaml_problem(
     {
         message = rest.to_owned();
     }
-    let line = if path.is_empty() {
-        None
+    let at_parser = inner.location().map(|l| l.line());
+    // The parser knows where the text broke; for a wrong key or value, the key's own line.
+    let line = if is_syntax(&message) || path.is_empty() {
+        at_parser
     } else {
-        lines.line(&path)
+        lines.line(&path).or(at_parser)
     };
     Problem {
-        line: line.or_else(|| inner.location().map(|l| l.line())),
+        line,
+        message: in_words(&path, &message),
         path,
-        message,
     }
+}
+
+/// Whether a YAML error is the parser's (the text is not YAML) rather than a wrong key or
+/// value in good YAML.
+fn is_syntax(message: &str) -> bool {
+    [
+        "while parsing",
+        "while scanning",
+        "mapping values are not allowed",
+        "did not find expected",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+/// The deserializer's `message` about `path`, said as what to change.
+fn in_words(path: &str, message: &str) -> String {
+    if is_syntax(message) {
+        return format!(
+            "this is not valid YAML here ({message}): check the indentation (keys of one mapping start in the same column, list items with `- ` under their key) and quote a value that holds `: ` or starts with one of {{ [ * & ! | > %"
+        );
+    }
+    // "unknown field `timout`, expected one of `name`, `timeout`" (or "expected `a` or `b`")
+    for (what, word) in [("unknown field `", "key"), ("unknown variant `", "value")] {
+        if let Some(rest) = message.strip_prefix(what)
+            && let Some((given, expected)) = rest.split_once('`')
+        {
+            let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            let list = known.join(", ");
+            return match mcpfier_common::suggest::nearest(given, known.iter().copied()) {
+                Some(near) => {
+                    format!(
+                        "unknown {word} `{given}`: did you mean `{near}`? ({word}s here: {list})"
+                    )
+                }
+                None if known.is_empty() => format!("unknown {word} `{given}`"),
+                None => format!("unknown {word} `{given}`; {word}s here: {list}"),
+            };
+        }
+    }
+    if (path == "command" || path.ends_with(".command"))
+        && let Some(text) = message
+            .strip_prefix("invalid type: string \"")
+            .and_then(|m| m.strip_suffix("\", expected a sequence"))
+    {
+        let words: Vec<String> = text
+            .split_whitespace()
+            .map(|w| serde_json::to_string(w).unwrap_or_default())
+            .collect();
+        return format!(
+            "`{text}` is one string: write the command as a list, one element per argument, e.g. command: [{}] (mcpfier never runs a shell, so a string is not split)",
+            words.join(", ")
+        );
+    }
+    message.to_owned()
 }

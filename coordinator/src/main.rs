@@ -314,7 +314,21 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                 &mut std::io::stdout(),
             );
         }
-        Command::Validate => {
+        Command::Init { file, force } => {
+            if file.exists() && !force {
+                bail!(
+                    "{} already exists; pass --force to replace it, or name another file",
+                    file.display()
+                );
+            }
+            std::fs::write(file, include_str!("init/starter.yaml"))
+                .with_context(|| format!("write {}", file.display()))?;
+            println!(
+                "wrote {f}: three read-only tools to start from.\nnext: mcpfier --config {f} validate, then: mcpfier --config {f} serve",
+                f = file.display()
+            );
+        }
+        Command::Validate { strict } => {
             let path = config::find(cli.config.as_deref(), &env)?;
             match mcpfier_coordinator::catalog::load(&path, &env) {
                 Ok(catalog) => {
@@ -326,6 +340,14 @@ async fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode>
                             w.path,
                             w.message
                         );
+                    }
+                    if *strict && !catalog.warnings.is_empty() {
+                        eprintln!(
+                            "{}: {} warning(s), and --strict fails on warnings",
+                            path.display(),
+                            catalog.warnings.len()
+                        );
+                        return Ok(ExitCode::FAILURE);
                     }
                     println!("{}: ok, {} tools", path.display(), catalog.tools.len())
                 }

@@ -68,6 +68,18 @@ impl HasKind for Error {
     }
 }
 
+/// The file a call would run for `program` with the tool's `path` (its `PATH`) from `cwd`,
+/// looked up as a call looks it up; `None` when there is no executable file there. For
+/// checking a config before any call.
+pub fn find_program(program: &str, path: &str, cwd: Option<&std::path::Path>) -> Option<PathBuf> {
+    let found = spawn::resolve(program, path, cwd)?;
+    let on_disk = match cwd {
+        Some(cwd) if found.is_relative() => cwd.join(&found),
+        _ => found.clone(),
+    };
+    spawn::is_executable(&on_disk).then_some(found)
+}
+
 /// Runs `exec` to completion, timeout or cancellation.
 ///
 /// When `events` is given, it gets [`Event::Started`] and then output within the caps as it

@@ -64,10 +64,14 @@ pub(crate) fn resolve(program: &str, path: &str, cwd: Option<&Path>) -> Option<P
                 Some(cwd) if candidate.is_relative() => cwd.join(candidate),
                 _ => candidate.clone(),
             };
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(on_disk)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            is_executable(&on_disk)
         })
+}
+
+/// Whether `file` is a regular file with an execute bit.
+pub(crate) fn is_executable(file: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(file).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Starts `cmd`. An error means nothing runs: the child could not be created, or it failed

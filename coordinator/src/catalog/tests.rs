@@ -112,11 +112,19 @@ fn malformed_yaml_names_its_line() {
 #[test]
 fn unknown_keys_are_refused_with_their_path() {
     let p = one_problem("tools:\n  - name: a\n    comand: [/bin/true]\n");
-    assert!(p.message.contains("unknown field `comand`"), "{p:?}");
+    assert!(
+        p.message
+            .contains("unknown key `comand`: did you mean `command`?"),
+        "{p:?}"
+    );
     assert_eq!(p.path, "tools[0].comand");
     assert_eq!(p.line, Some(3));
     let p = one_problem("srever: {}\n");
-    assert!(p.message.contains("unknown field `srever`"), "{p:?}");
+    assert!(
+        p.message
+            .contains("unknown key `srever`: did you mean `server`?"),
+        "{p:?}"
+    );
 }
 
 #[test]

@@ -234,3 +234,114 @@ fn a_bad_log_filter_is_an_error_not_a_silent_default() {
         "{err}"
     );
 }
+
+/// The first-hour mistakes `validate` used to pass or word as parser text (issue 14).
+#[test]
+fn validate_says_what_to_fix_and_warns_of_what_would_fail_later() {
+    let s = Scratch::new();
+    let check = |name: &str, yaml: &str, strict: bool| {
+        let config = s.write(name, yaml).display().to_string();
+        let mut args = vec!["--config", config.as_str(), "validate"];
+        if strict {
+            args.push("--strict");
+        }
+        let (code, out, err) = mcpfier_cli(&args, &[]);
+        (code, format!("{out}{err}"))
+    };
+    // Errors, each with what to do.
+    for (name, yaml, expected) in [
+        ("empty.yaml", "# nothing yet\n", "the file is empty"),
+        (
+            "typo.yaml",
+            "tools:\n  - name: a\n    command: [/bin/true]\n    timout: 10s\n",
+            "typo.yaml:4: tools[0].timout: unknown key `timout`: did you mean `timeout`?",
+        ),
+        (
+            "string.yaml",
+            "tools:\n  - name: a\n    command: /bin/df -h\n",
+            r#"`/bin/df -h` is one string: write the command as a list, one element per argument, e.g. command: ["/bin/df", "-h"]"#,
+        ),
+        (
+            "indent.yaml",
+            "tools:\n  - name: a\n    command: [/bin/true]\n    description: a: b\n",
+            "indent.yaml:4: tools[0]: this is not valid YAML here (mapping values are not allowed in this context): check the indentation",
+        ),
+        (
+            "relative.yaml",
+            "tools:\n  - name: a\n    command: [./scripts/check.sh]\n",
+            "tools[0].command[0]: `./scripts/check.sh` is a relative path",
+        ),
+        (
+            "long.yaml",
+            "tools:\n  - name: a\n    command: [/bin/true]\n    timeout: 99999999h\n",
+            "tools[0].timeout: 99999999h is longer than a call may run (at most 24h)",
+        ),
+    ] {
+        let (code, text) = check(name, yaml, false);
+        assert_eq!(code, 1, "{name}: {text}");
+        assert!(text.contains(expected), "{name}: {text}");
+        assert!(!text.contains(".?"), "{name}: a `?` in the path: {text}");
+    }
+    // Warnings: they pass, unless --strict.
+    let missing = "tools:\n  - name: a\n    command: [no-such-program-4711]\n  - {name: b, command: [/opt/none/here]}\n";
+    let (code, text) = check("missing.yaml", missing, false);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(
+            "tools[0].command[0]: `no-such-program-4711` is not on the tool's PATH on this host"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "tools[1].command[0]: `/opt/none/here` is not an executable file on this host"
+        ),
+        "{text}"
+    );
+    let (code, text) = check("missing.yaml", missing, true);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("--strict fails on warnings"), "{text}");
+    let (code, text) = check("none.yaml", "tools: []\n", true);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("no tools are defined"), "{text}");
+}
+
+/// `mcpfier init` writes a starter that validates with no warning and whose tools run; it
+/// keeps an existing file; the "no config file" error points to it.
+#[test]
+fn init_writes_a_starter_config_that_validates_and_runs() {
+    let s = Scratch::new();
+    let file = s.path().join("mcpfier.yaml").display().to_string();
+    let (code, out, err) = mcpfier_cli(&["init", &file], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("mcpfier --config {file} validate")),
+        "{out}"
+    );
+    let (code, out, err) = mcpfier_cli(&["--config", &file, "validate", "--strict"], &[]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}{err}");
+    assert!(out.contains("ok, 3 tools"), "{out}");
+    let (code, out, err) = mcpfier_cli(
+        &["--config", &file, "call", "free-space", "--arg", "path=/"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Filesystem"), "{out}");
+
+    std::fs::write(&file, "# mine\n").unwrap();
+    let (code, _, err) = mcpfier_cli(&["init", &file], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists; pass --force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "# mine\n");
+    let (code, _, _) = mcpfier_cli(&["init", &file, "--force"], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("free-space")
+    );
+
+    let (code, _, err) = mcpfier_cli(&["tools"], &[("HOME", &s.path().display().to_string())]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`mcpfier init` writes a starter"), "{err}");
+}
