@@ -656,6 +656,13 @@ fn tool_and_args<'a>(
 ) -> anyhow::Result<(&'a Arc<Tool>, Map<String, Value>)> {
     let Some(tool) = catalog.tool(&args.tool) else {
         let known: Vec<_> = catalog.tools.keys().map(String::as_str).collect();
+        if let Some(near) = mcpfier_common::suggest::nearest(&args.tool, known.iter().copied()) {
+            bail!(
+                "no tool named `{}`: did you mean `{near}`? (tools: {})",
+                args.tool,
+                known.join(", ")
+            );
+        }
         bail!(
             "no tool named `{}`; tools are: {}",
             args.tool,

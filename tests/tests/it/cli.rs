@@ -341,6 +341,15 @@ fn init_writes_a_starter_config_that_validates_and_runs() {
             .contains("free-space")
     );
 
+    // A typo'd tool name gets the nearest one.
+    for command in ["call", "dry-run"] {
+        let (code, _, err) = mcpfier_cli(&["--config", &file, command, "free-spcae"], &[]);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("no tool named `free-spcae`: did you mean `free-space`?"),
+            "{command}: {err}"
+        );
+    }
     let (code, _, err) = mcpfier_cli(&["tools"], &[("HOME", &s.path().display().to_string())]);
     assert_eq!(code, 1);
     assert!(err.contains("`mcpfier init` writes a starter"), "{err}");
