@@ -405,6 +405,7 @@ impl Catalog {
             ));
         }
         let mut seen = HashSet::new();
+        let runs_here = config.fleet.is_none();
         for (i, section) in config.tools.into_iter().enumerate() {
             let at = format!("tools[{i}]");
             if !valid_tool_name(&section.name) {
@@ -427,7 +428,6 @@ impl Catalog {
                     "placement needs a `fleet` section: without one, every call runs in this process",
                 ));
             }
-            let runs_here = config.fleet.is_none();
             if let Some(tool) =
                 build_tool(section, &at, env, runs_here, &mut problems, &mut warnings)
             {
@@ -623,7 +623,7 @@ fn check_program(
     }
     // On an agent, the program is the agent's business (and its `validate`'s).
     let (path, secret) = path.unwrap_or((mcpfier_exec::DEFAULT_PATH, false));
-    if !runs_here || secret || program.contains("{{") {
+    if !runs_here || secret {
         return;
     }
     let workdir = section.workdir.as_deref().filter(|d| d.is_dir());
